@@ -1,0 +1,24 @@
+# Install rules: headers, the exported target, and config + version files for find_package(procpool).
+include_guard(GLOBAL)
+include(GNUInstallDirs)
+include(CMakePackageConfigHelpers)
+
+set(PROCPOOL_CMAKE_DIR "${CMAKE_INSTALL_DATADIR}/cmake/procpool")
+
+install(DIRECTORY include/procpool DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}")
+install(TARGETS procpool EXPORT procpool-targets)
+install(EXPORT procpool-targets NAMESPACE procpool:: DESTINATION "${PROCPOOL_CMAKE_DIR}")
+
+configure_package_config_file(
+  "${CMAKE_CURRENT_SOURCE_DIR}/cmake/procpool-config.cmake.in"
+  "${CMAKE_CURRENT_BINARY_DIR}/procpool-config.cmake"
+  INSTALL_DESTINATION "${PROCPOOL_CMAKE_DIR}")
+# A header-only library does not depend on the compiler's architecture.
+write_basic_package_version_file(
+  "${CMAKE_CURRENT_BINARY_DIR}/procpool-config-version.cmake"
+  COMPATIBILITY SameMinorVersion ARCH_INDEPENDENT)
+install(FILES
+  "${CMAKE_CURRENT_BINARY_DIR}/procpool-config.cmake"
+  "${CMAKE_CURRENT_BINARY_DIR}/procpool-config-version.cmake"
+  DESTINATION "${PROCPOOL_CMAKE_DIR}")
+install(FILES LICENSE DESTINATION "${CMAKE_INSTALL_DATADIR}/doc/procpool")

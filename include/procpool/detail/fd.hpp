@@ -1,0 +1,240 @@
+// procpool::detail: RAII file descriptors and the system-call loops every other layer relies on.
+#pragma once
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <bit>
+#include <cerrno>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <cstring>
+#include <string>
+#include <utility>
+
+#include "../error.hpp"
+
+namespace procpool::detail {
+
+/// A failed system call: a procpool::Error whose message ends with the errno text.
+class SystemError : public Error {
+ public:
+  SystemError(const std::string& what, int err)
+      : Error(what + ": " + std::strerror(err) + " (errno " + std::to_string(err) + ")"), errno_(err) {}
+  [[nodiscard]] int error_number() const noexcept { return errno_; }
+
+ private:
+  int errno_;
+};
+
+/// "what: strerror(err)" as a procpool::Error, for failed system calls.
+[[nodiscard]] inline SystemError system_error(const std::string& what, int err) { return SystemError(what, err); }
+
+/// Every descriptor the library owns, as a lock-free bitmap, so that a forked child can close the
+/// descriptors it does not need (pitfall: a worker holding another worker's pipe keeps end-of-file
+/// from ever arriving). Lock-free because the child of a multithreaded parent cannot take locks.
+class FdRegistry {
+ public:
+  static constexpr int kMaxTracked = 1 << 16;  // descriptors above this are simply not tracked
+
+  static void add(int fd) noexcept {
+    if (fd >= 0 && fd < kMaxTracked) word(fd).fetch_or(bit(fd), std::memory_order_relaxed);
+  }
+  static void remove(int fd) noexcept {
+    if (fd >= 0 && fd < kMaxTracked) word(fd).fetch_and(~bit(fd), std::memory_order_relaxed);
+  }
+  /// In a freshly forked child: closes every library descriptor not listed in `keep`.
+  static void close_all_except(std::initializer_list<int> keep) noexcept {
+    for (int w = 0; w < kMaxTracked / 64; ++w) {
+      std::uint64_t bits = words()[w].load(std::memory_order_relaxed);
+      while (bits != 0) {
+        const int fd = w * 64 + std::countr_zero(bits);
+        bits &= bits - 1;
+        if (std::find(keep.begin(), keep.end(), fd) != keep.end()) continue;
+        remove(fd);
+        ::close(fd);
+      }
+    }
+  }
+
+ private:
+  static std::atomic<std::uint64_t>* words() noexcept {
+    static std::atomic<std::uint64_t> table[kMaxTracked / 64] = {};
+    return table;
+  }
+  static std::atomic<std::uint64_t>& word(int fd) noexcept { return words()[fd / 64]; }
+  static std::uint64_t bit(int fd) noexcept { return std::uint64_t{1} << (fd % 64); }
+};
+
+/// An owned file descriptor, closed on destruction and registered in FdRegistry meanwhile. Move-only.
+class Fd {
+ public:
+  Fd() noexcept = default;
+  explicit Fd(int fd) noexcept : fd_(fd) { FdRegistry::add(fd); }
+  Fd(Fd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  Fd& operator=(Fd&& other) noexcept {
+    if (this != &other) {
+      reset();
+      fd_ = std::exchange(other.fd_, -1);
+    }
+    return *this;
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  ~Fd() { reset(); }
+
+  [[nodiscard]] int get() const noexcept { return fd_; }
+  [[nodiscard]] bool valid() const noexcept { return fd_ >= 0; }
+  explicit operator bool() const noexcept { return valid(); }
+  /// Gives up ownership (and tracking) without closing.
+  [[nodiscard]] int release() noexcept {
+    FdRegistry::remove(fd_);
+    return std::exchange(fd_, -1);
+  }
+
+  /// Closes the descriptor. close() is not retried on EINTR: on Linux the fd is gone either way.
+  void reset() noexcept {
+    if (fd_ >= 0) {
+      FdRegistry::remove(fd_);
+      ::close(fd_);
+    }
+    fd_ = -1;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+/// The two ends of a pipe.
+struct Pipe {
+  Fd read;
+  Fd write;
+};
+
+/// A close-on-exec pipe, so no descriptor of ours leaks into a program the user execs.
+[[nodiscard]] inline Pipe make_pipe(int extra_flags = 0) {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC | extra_flags) != 0) throw system_error("procpool: cannot create a pipe", errno);
+  return Pipe{Fd(fds[0]), Fd(fds[1])};
+}
+
+inline void set_nonblocking(int fd, bool on) {
+  const int flags = ::fcntl(fd, F_GETFL);
+  if (flags < 0) throw system_error("procpool: fcntl(F_GETFL) failed", errno);
+  const int wanted = on ? (flags | O_NONBLOCK) : (flags & ~O_NONBLOCK);
+  if (wanted != flags && ::fcntl(fd, F_SETFL, wanted) != 0)
+    throw system_error("procpool: fcntl(F_SETFL) failed", errno);
+}
+
+/// Writes all n bytes to a blocking fd, retrying EINTR and short writes.
+/// Returns 0 on success or the errno that stopped it (EPIPE when the reader is gone).
+/// Callers must have SIGPIPE blocked or ignored in the writing thread (see SigpipeGuard).
+[[nodiscard]] inline int write_all(int fd, const void* data, std::size_t n) noexcept {
+  const auto* p = static_cast<const char*>(data);
+  while (n > 0) {
+    const ssize_t w = ::write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) {  // a non-blocking fd handed to us: wait until it drains
+        pollfd pfd{fd, POLLOUT, 0};
+        ::poll(&pfd, 1, -1);
+        continue;
+      }
+      return errno;
+    }
+    p += w;
+    n -= static_cast<std::size_t>(w);
+  }
+  return 0;
+}
+
+/// One read(), retrying EINTR. Returns bytes read, 0 at end-of-file, -1 with errno set otherwise.
+[[nodiscard]] inline ssize_t read_some(int fd, void* data, std::size_t n) noexcept {
+  for (;;) {
+    const ssize_t r = ::read(fd, data, n);
+    if (r >= 0 || errno != EINTR) return r;
+  }
+}
+
+/// poll() that retries EINTR while keeping the overall timeout (ms, -1 for none): a storm of
+/// signals must neither cut the wait short nor stretch it.
+inline int poll_retry(pollfd* fds, nfds_t n, int timeout_ms) noexcept {
+  using clock = std::chrono::steady_clock;
+  const auto deadline = clock::now() + std::chrono::milliseconds(timeout_ms);
+  int wait_ms = timeout_ms;
+  for (;;) {
+    const int r = ::poll(fds, n, wait_ms);
+    if (r >= 0 || errno != EINTR) return r;
+    if (timeout_ms < 0) continue;
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - clock::now()).count();
+    if (left <= 0) return 0;
+    wait_ms = static_cast<int>(left);
+  }
+}
+
+/// waitpid() on one specific pid (never -1: other children belong to the caller), retrying EINTR.
+inline pid_t waitpid_retry(pid_t pid, int* status, int options) noexcept {
+  for (;;) {
+    const pid_t r = ::waitpid(pid, status, options);
+    if (r >= 0 || errno != EINTR) return r;
+  }
+}
+
+/// A pidfd for a child we have not reaped yet (race-free: the pid cannot be reused before we reap).
+/// Returns an invalid Fd on kernels without pidfd_open (< 5.3); callers fall back to end-of-file.
+[[nodiscard]] inline Fd open_pidfd(pid_t pid) noexcept {
+#ifdef SYS_pidfd_open
+  const long fd = ::syscall(SYS_pidfd_open, pid, 0);
+  if (fd >= 0) {
+    // pidfd_open sets O_CLOEXEC itself.
+    return Fd(static_cast<int>(fd));
+  }
+#else
+  (void)pid;
+#endif
+  return Fd();
+}
+
+/// Blocks SIGPIPE in the calling thread for its lifetime, so a write to a dead child's pipe fails
+/// with EPIPE instead of killing the process; a SIGPIPE raised meanwhile is consumed, the
+/// thread's mask is restored, and the process-wide disposition is never touched.
+class SigpipeGuard {
+ public:
+  SigpipeGuard() noexcept {
+    sigset_t pipe_only;
+    sigemptyset(&pipe_only);
+    sigaddset(&pipe_only, SIGPIPE);
+    sigset_t pending;
+    sigpending(&pending);
+    was_pending_ = sigismember(&pending, SIGPIPE) == 1;
+    pthread_sigmask(SIG_BLOCK, &pipe_only, &old_);
+  }
+  SigpipeGuard(const SigpipeGuard&) = delete;
+  SigpipeGuard& operator=(const SigpipeGuard&) = delete;
+  ~SigpipeGuard() {
+    if (!was_pending_) {
+      // Consume only a SIGPIPE our writes raised; one that was pending before is the caller's.
+      sigset_t pipe_only;
+      sigemptyset(&pipe_only);
+      sigaddset(&pipe_only, SIGPIPE);
+      const timespec zero{0, 0};
+      while (sigtimedwait(&pipe_only, nullptr, &zero) == SIGPIPE) {
+      }
+    }
+    pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+  }
+
+ private:
+  sigset_t old_{};
+  bool was_pending_ = false;
+};
+
+}  // namespace procpool::detail

@@ -1,0 +1,1118 @@
+// procpool::detail: the pool's parent side: workers, chunk scheduling, results and failures.
+//
+// There is no background thread: whichever caller waits on the pool (map, Future::get, an imap
+// iterator, join) drives it, one at a time, with the core's mutex released while it sleeps in
+// poll(). Every descriptor is non-blocking and polled in both directions, so a full pipe never
+// deadlocks the parent against a worker.
+#pragma once
+
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "../codec.hpp"
+#include "../error.hpp"
+#include "buffer.hpp"
+#include "fd.hpp"
+#include "fork.hpp"
+#include "remote_exception.hpp"
+#include "wire.hpp"
+#include "worker.hpp"
+#include "zygote.hpp"
+
+namespace procpool::detail {
+
+/// One call on the pool (a map, an imap, a submit), as the core sees it: a source of encoded items
+/// and a sink for their outcomes. The typed halves live in pool.hpp.
+class Batch {
+ public:
+  virtual ~Batch() = default;
+
+  /// Encodes up to `max_items` more items into `out`, stopping early once `max_bytes` are
+  /// written (but always at least one item); returns how many were encoded (0: source exhausted).
+  virtual std::size_t encode_next(std::size_t max_items, std::size_t max_bytes, Buffer& out) = 0;
+  /// Decodes the value of item `index` (throws DecodeError on malformed bytes).
+  virtual void accept_value(std::size_t index, Decoder& in) = 0;
+  /// Takes `count` values of items first.. as one contiguous block when the result type is
+  /// bitwise; returns false when this batch does not take that path.
+  virtual bool accept_bulk(std::size_t first, std::size_t count, std::span<const std::byte> bytes) = 0;
+  /// Records that item `index` failed.
+  virtual void accept_error(std::size_t index, std::exception_ptr error) = 0;
+  /// How to name item `index` in a message ("item 41", "the submitted task").
+  [[nodiscard]] virtual std::string describe(std::size_t index) const { return "item " + std::to_string(index); }
+  /// Called after outcomes arrived (progress callbacks).
+  virtual void on_progress() {}
+  /// How many more items may be dispatched now (imap bounds its memory this way).
+  [[nodiscard]] virtual std::size_t room() const { return SIZE_MAX; }
+
+  std::uint64_t job_id = 0;
+  std::size_t total = 0;          // known once source_done (or from the start for sized inputs)
+  bool total_known = false;
+  std::size_t dispatched = 0;     // items encoded into chunks
+  std::size_t completed = 0;      // items with an outcome
+  std::size_t consumed = 0;       // items taken by the consumer (imap)
+  std::size_t chunk_size = 0;     // 0: automatic
+  bool source_done = false;
+
+  [[nodiscard]] bool finished() const noexcept { return source_done && completed == dispatched; }
+};
+
+/// The pool's fixed settings, as the core needs them.
+struct CoreSettings {
+  std::size_t workers = 1;
+  std::vector<int> cpus;  // empty: no pinning
+  std::size_t chunk_size = 0;
+  std::size_t max_tasks_per_worker = 0;
+  std::chrono::nanoseconds task_timeout{0};
+  std::function<void()> initializer;
+};
+
+class PoolCore {
+ public:
+  explicit PoolCore(CoreSettings settings) : settings_(std::move(settings)) { start(); }
+  PoolCore(const PoolCore&) = delete;
+  PoolCore& operator=(const PoolCore&) = delete;
+  ~PoolCore() { shutdown(/*graceful=*/false); }
+
+  [[nodiscard]] std::size_t size() const noexcept { return settings_.workers; }
+
+  /// Registers a job (callable + runner) and returns its id; identical callables share an id, so
+  /// a worker is sent a callable only when it switches to it.
+  std::uint64_t register_job(RunnerFactory factory, const Buffer& callable) {
+    std::lock_guard lock(mu_);
+    std::string key(reinterpret_cast<const char*>(&factory), sizeof factory);
+    key.append(reinterpret_cast<const char*>(callable.data()), callable.size());
+    if (const auto it = job_ids_.find(key); it != job_ids_.end()) {
+      ++jobs_.at(it->second).users;
+      return it->second;
+    }
+    const std::uint64_t id = next_job_id_++;
+    Job& job = jobs_[id];
+    job.key = key;
+    job.frame.clear();
+    const std::size_t at = begin_frame(job.frame, FrameKind::job, id);
+    const auto address = reinterpret_cast<std::uintptr_t>(factory);
+    job.frame.append(&address, sizeof address);
+    job.frame.append(callable.data(), callable.size());
+    end_frame(job.frame, at);
+    job.users = 1;
+    job_ids_.emplace(std::move(key), id);
+    return id;
+  }
+
+  /// Queues a batch for execution and starts sending its first chunks.
+  void add_batch(const std::shared_ptr<Batch>& batch) {
+    std::unique_lock lock(mu_);
+    throw_if_unusable();
+    if (batch->total_known) jobs_.at(batch->job_id).undispatched += batch->total;
+    batches_.push_back(batch);
+    if (!driving_) {
+      fill_workers();
+      flush_all();
+    } else {
+      wake_driver();
+    }
+  }
+
+  /// Drives the pool until `done()` holds (checked with the core's mutex held), or until the
+  /// deadline if one is given (then `done` should test the clock too).
+  template <class Done>
+  void wait_until(Done&& done, std::optional<std::chrono::steady_clock::time_point> deadline = std::nullopt) {
+    std::unique_lock lock(mu_);
+    if (driver_thread_ == std::this_thread::get_id())
+      throw Error("procpool::Pool: called from inside a progress callback; callbacks must not use the pool");
+    while (!done()) {
+      if (driving_) {
+        if (deadline)
+          cv_.wait_until(lock, *deadline);
+        else
+          cv_.wait(lock);
+        continue;
+      }
+      driving_ = true;
+      driver_thread_ = std::this_thread::get_id();
+      try {
+        drive_once(lock, deadline);
+      } catch (...) {
+        driving_ = false;
+        driver_thread_ = {};
+        cv_.notify_all();
+        throw;
+      }
+      driving_ = false;
+      driver_thread_ = {};
+      cv_.notify_all();
+    }
+  }
+
+  /// Marks a batch's consumer progress (imap), which may let more of it be dispatched.
+  void consumed(Batch& batch, std::size_t n) {
+    std::lock_guard lock(mu_);
+    batch.consumed += n;
+  }
+
+  /// Forgets a batch whose caller gave up on it (an imap range destroyed early): its remaining
+  /// items are not dispatched; chunks already out finish and are discarded.
+  void abandon(const std::shared_ptr<Batch>& batch) {
+    std::lock_guard lock(mu_);
+    if (batch->source_done) return;
+    if (batch->total_known) jobs_.at(batch->job_id).undispatched -= batch->total - batch->dispatched;
+    batch->source_done = true;
+    batch->total = batch->dispatched;
+    batch->total_known = true;
+    if (batch->finished()) release_job(batch->job_id);
+  }
+
+  /// No new work may be submitted from now on.
+  void close() {
+    std::lock_guard lock(mu_);
+    closed_ = true;
+  }
+
+  [[nodiscard]] bool closed() const {
+    std::lock_guard lock(mu_);
+    return closed_;
+  }
+
+  /// Waits for all submitted work, then stops the workers and the zygote (graceful), or kills
+  /// them at once, failing whatever had not finished (not graceful).
+  void shutdown(bool graceful) {
+    {
+      std::unique_lock lock(mu_);
+      if (stopped_) return;
+      closed_ = true;
+      if (!graceful) terminating_ = true;
+    }
+    if (graceful) {
+      wait_until([&] { return all_finished(); });
+    } else {
+      std::lock_guard lock(mu_);
+      for (auto& w : workers_) signal_worker(w, SIGKILL);
+      fail_pending("the pool was terminated");
+    }
+    {
+      std::lock_guard lock(mu_);
+      stopping_ = true;
+      for (auto& w : workers_) {
+        if (w.state == WorkerState::running) {
+          const FrameHeader h{FrameKind::shutdown, 0, 0, 0};
+          w.out.append(&h, sizeof h);
+          flush(w);
+        }
+      }
+    }
+    wait_until([&] { return workers_exited(); });
+    std::lock_guard lock(mu_);
+    control_.reset();  // the zygote sees end-of-file and exits
+    if (zygote_pid_ > 0) {
+      int status = 0;
+      waitpid_retry(zygote_pid_, &status, 0);
+      zygote_pid_ = -1;
+    }
+    for (auto& w : workers_) w.close();
+    if (slots_ != nullptr) {
+      ::munmap(slots_, slots_bytes_);
+      slots_ = nullptr;
+    }
+    stopped_ = true;
+  }
+
+  /// Throws procpool::Error if no work can be submitted (closed, terminated, or broken).
+  void ensure_usable() const {
+    std::lock_guard lock(mu_);
+    throw_if_unusable();
+  }
+
+  void throw_if_unusable() const {
+    if (closed_) throw Error("procpool::Pool: the pool is closed (close(), join() or terminate() was called); "
+                             "no new work can be submitted");
+    if (broken_) throw Error(*broken_);
+  }
+
+  /// Pids of the live workers (for tests and diagnostics).
+  [[nodiscard]] std::vector<pid_t> worker_pids() const {
+    std::lock_guard lock(mu_);
+    std::vector<pid_t> pids;
+    for (const auto& w : workers_)
+      if (w.state == WorkerState::running) pids.push_back(w.pid);
+    return pids;
+  }
+
+  /// Protects the typed halves' state that the driver writes (sinks, progress).
+  std::mutex& mutex() const noexcept { return mu_; }
+
+ private:
+  enum class WorkerState { spawning, running, dead, vacant };
+
+  struct Worker {
+    int index = 0;
+    pid_t pid = -1;
+    WorkerState state = WorkerState::vacant;
+    Fd task;
+    Fd result;
+    Fd pidfd;
+    Buffer out;  // bytes not yet written to the task pipe
+    std::size_t out_sent = 0;
+    FrameParser in;
+    std::deque<std::uint64_t> in_flight;  // chunk ids, in the order sent
+    std::uint64_t job_sent = 0;
+    std::size_t items_assigned = 0;  // since spawn, for max_tasks_per_worker
+    bool ready = false;
+    bool retiring = false;
+    std::optional<std::pair<std::uint64_t, std::uint32_t>> timed_out;  // chunk, local item
+    std::optional<std::string> init_failure;
+    std::optional<int> exit_status;  // waitpid status, once the zygote reported it
+    int init_deaths = 0;             // deaths in a row before the initializer finished
+    std::uint64_t generation = 0;    // counts spawns, so stale poll events are recognised
+    std::chrono::steady_clock::time_point next_spawn_attempt{};
+
+    void close() {
+      task.reset();
+      result.reset();
+      pidfd.reset();
+    }
+  };
+
+  /// Consecutive items of one batch inside a chunk. A chunk may gather many small batches of the
+  /// same job (a burst of submit() calls travels as one message).
+  struct Segment {
+    std::shared_ptr<Batch> batch;
+    std::size_t first = 0;  // the batch's index of the segment's first item
+    std::uint32_t count = 0;
+  };
+
+  struct Chunk {
+    std::uint64_t job_id = 0;
+    std::vector<Segment> segments;
+    std::uint32_t count = 0;
+    Buffer items;
+    std::vector<std::uint32_t> skip;  // sorted local indices that already have an outcome
+    std::uint32_t delivered = 0;      // items [0, delivered) of a half-decoded result have outcomes
+    int unexplained_deaths = 0;
+  };
+
+  struct Job {
+    std::string key;
+    Buffer frame;
+    std::size_t users = 0;
+    double ns_per_item = 0;  // 0: not measured yet
+    std::size_t undispatched = 0;  // items of known-size batches not yet in a chunk
+  };
+
+  /// Walks a chunk's items in order, naming each one's batch and index there.
+  template <class Visit>
+  static void for_each_item(const Chunk& c, Visit&& visit) {
+    std::uint32_t local = 0;
+    for (const Segment& seg : c.segments)
+      for (std::uint32_t k = 0; k < seg.count; ++k, ++local) visit(local, *seg.batch, seg.first + k);
+  }
+
+  /// Counts outcomes into a batch; a batch that is done drops its use of the job.
+  void completed(Batch& b, std::size_t n) {
+    b.completed += n;
+    if (b.finished()) release_job(b.job_id);
+  }
+
+  // ---- start-up -----------------------------------------------------------------------------
+
+  void start() {
+    slots_bytes_ = sizeof(WorkerSlot) * settings_.workers;
+    void* mem = ::mmap(nullptr, slots_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) throw system_error("procpool::Pool: cannot map the workers' shared slots", errno);
+    slots_ = new (mem) WorkerSlot[settings_.workers];
+
+    Fd wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!wake) throw system_error("procpool::Pool: cannot create an eventfd", errno);
+    wake_ = std::move(wake);
+
+    int sv[2];
+    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
+      throw system_error("procpool::Pool: cannot create the zygote's control socket", errno);
+    Fd ours(sv[0]);
+    Fd theirs(sv[1]);
+
+    zygote_setup_.slots = std::span<WorkerSlot>(slots_, settings_.workers);
+    zygote_setup_.cpus = settings_.cpus;
+    zygote_setup_.timed = settings_.task_timeout.count() > 0;
+    zygote_setup_.initializer = &settings_.initializer;
+    zygote_setup_.pipe_size = 1 << 20;
+    const int zygote_end = theirs.get();
+    const ZygoteSetup* setup = &zygote_setup_;
+    zygote_pid_ = fork_child([zygote_end, setup] { return zygote_main(zygote_end, *setup); }, {zygote_end});
+    theirs.reset();
+    control_ = std::move(ours);
+
+    workers_.resize(settings_.workers);
+    for (std::size_t i = 0; i < workers_.size(); ++i) {
+      workers_[i].index = static_cast<int>(i);
+      request_spawn(workers_[i]);
+    }
+    // Wait for every first worker, so that a failing fork is reported by the constructor.
+    std::vector<Fd> fds;
+    while (std::any_of(workers_.begin(), workers_.end(), [](const Worker& w) { return w.state == WorkerState::spawning; })) {
+      const auto m = receive_message(control_.get(), fds);
+      if (!m) {
+        shutdown_after_failed_start();
+        throw Error("procpool::Pool: the zygote process ended during start-up");
+      }
+      handle_control(*m, fds);
+    }
+    set_nonblocking(control_.get(), true);
+    started_ = true;
+    for (const auto& w : workers_) {
+      if (w.state != WorkerState::running) {
+        const std::string why = spawn_error_;
+        shutdown_after_failed_start();
+        throw Error("procpool::Pool: cannot start worker " + std::to_string(w.index) + ": " + why);
+      }
+    }
+  }
+
+  void shutdown_after_failed_start() {
+    for (auto& w : workers_) signal_worker(w, SIGKILL);
+    control_.reset();
+    if (zygote_pid_ > 0) {
+      int status = 0;
+      waitpid_retry(zygote_pid_, &status, 0);
+      zygote_pid_ = -1;
+    }
+    for (auto& w : workers_) w.close();
+    ::munmap(slots_, slots_bytes_);
+    slots_ = nullptr;
+    stopped_ = true;
+  }
+
+  void request_spawn(Worker& w) {
+    w.state = WorkerState::spawning;
+    w.next_spawn_attempt = std::chrono::steady_clock::now() + std::chrono::milliseconds{100};
+    if (send_message(control_.get(), {ZygoteMessage::Op::spawn, w.index, -1, 0}) != 0) {
+      w.state = WorkerState::vacant;
+      spawn_error_ = "the zygote process is gone";
+    }
+  }
+
+  // ---- the driver ---------------------------------------------------------------------------
+
+  /// One round: send what can be sent, sleep in poll until something happens, handle it.
+  void drive_once(std::unique_lock<std::mutex>& lock,
+                  std::optional<std::chrono::steady_clock::time_point> deadline = std::nullopt) {
+    fill_workers();
+    flush_all();
+
+    struct Owner {
+      int worker;  // -1 control, -2 wake
+      std::uint64_t generation;
+    };
+    std::vector<pollfd> fds;
+    std::vector<Owner> owner;
+    fds.push_back({control_.get(), POLLIN, 0});
+    owner.push_back({-1, 0});
+    fds.push_back({wake_.get(), POLLIN, 0});
+    owner.push_back({-2, 0});
+    for (auto& w : workers_) {
+      if (w.result) {
+        fds.push_back({w.result.get(), POLLIN, 0});
+        owner.push_back({w.index, w.generation});
+      }
+      if (w.pidfd) {
+        fds.push_back({w.pidfd.get(), POLLIN, 0});
+        owner.push_back({w.index, w.generation});
+      }
+      if (w.task && w.out.size() > w.out_sent) {
+        fds.push_back({w.task.get(), POLLOUT, 0});
+        owner.push_back({w.index, w.generation});
+      }
+    }
+    int timeout_ms = next_timer_ms();
+    if (deadline) {
+      const auto left = std::chrono::ceil<std::chrono::milliseconds>(*deadline - std::chrono::steady_clock::now());
+      const int left_ms = static_cast<int>(std::max<std::int64_t>(0, left.count()));
+      timeout_ms = timeout_ms < 0 ? left_ms : std::min(timeout_ms, left_ms);
+    }
+
+    lock.unlock();
+    // Spin briefly first: a result is often microseconds away, and a blocking sleep costs a
+    // cross-core wake-up of tens of microseconds.
+    int ready = 0;
+    const auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds{30};
+    do {
+      ready = ::poll(fds.data(), fds.size(), 0);
+      // Yield while spinning: a worker pinned to this CPU may be the one about to answer.
+      if (ready == 0) ::sched_yield();
+    } while (ready == 0 && std::chrono::steady_clock::now() < spin_until);
+    if (ready == 0) ready = poll_retry(fds.data(), fds.size(), timeout_ms);
+    lock.lock();
+
+    for (std::size_t k = 0; k < fds.size(); ++k) {
+      if (fds[k].revents == 0) continue;
+      if (owner[k].worker == -2) {
+        std::uint64_t drained;
+        (void)!::read(wake_.get(), &drained, sizeof drained);
+      } else if (owner[k].worker == -1) {
+        read_control();
+      } else {
+        Worker& w = workers_[static_cast<std::size_t>(owner[k].worker)];
+        if (w.generation != owner[k].generation) continue;  // an event of a worker already replaced
+        if (fds[k].fd == w.task.get() && (fds[k].revents & (POLLOUT | POLLERR)) != 0) flush(w);
+        if (fds[k].fd == w.result.get() || fds[k].fd == w.pidfd.get()) read_results(w, fds[k].fd == w.pidfd.get());
+      }
+    }
+    check_timeouts();
+    respawn_vacant();
+    fill_workers();
+    flush_all();
+  }
+
+  void wake_driver() {
+    const std::uint64_t one = 1;
+    (void)!::write(wake_.get(), &one, sizeof one);
+  }
+
+  /// Milliseconds until the next task deadline or respawn retry, -1 for none.
+  int next_timer_ms() {
+    using namespace std::chrono;
+    std::optional<nanoseconds> next;
+    const auto consider = [&](nanoseconds d) {
+      if (!next || d < *next) next = d;
+    };
+    if (settings_.task_timeout.count() > 0) {
+      const std::int64_t now = monotonic_ns();
+      for (const auto& w : workers_) {
+        if (w.state != WorkerState::running || w.in_flight.empty()) continue;
+        const WorkerSlot& s = slots_[w.index];
+        const std::int64_t started = s.item_started_ns.load(std::memory_order_acquire);
+        if (s.chunk_id.load(std::memory_order_acquire) != 0 && started != 0)
+          consider(nanoseconds{std::max<std::int64_t>(0, started + settings_.task_timeout.count() - now)});
+        else
+          consider(settings_.task_timeout);
+      }
+    }
+    for (const auto& w : workers_)
+      if (w.state == WorkerState::vacant) consider(milliseconds{100});
+    if (!next) return -1;
+    return static_cast<int>(ceil<milliseconds>(*next).count());
+  }
+
+  // ---- sending ------------------------------------------------------------------------------
+
+  [[nodiscard]] bool accepting(const Worker& w) const {
+    if (w.state != WorkerState::running || w.retiring || stopping_ || broken_) return false;
+    return w.in_flight.size() < 2;
+  }
+
+  void fill_workers() {
+    if (broken_) return;
+    // Workers pinned to other CPUs first: a lone task then runs beside the caller, not in its way.
+    const int here = ::sched_getcpu();
+    for (const bool other_cpus : {true, false}) {
+      for (auto& w : workers_) {
+        if (pinned_cpu(w) != here && !other_cpus) continue;
+        if (pinned_cpu(w) == here && other_cpus) continue;
+        while (accepting(w)) {
+          const std::optional<std::uint64_t> chunk = next_chunk_for(w);
+          if (!chunk) break;
+          send_chunk(w, *chunk);
+        }
+      }
+    }
+    // Batches with nothing left to dispatch leave the queue (chunks keep them alive until done).
+    while (!batches_.empty() && batches_.front()->source_done) batches_.pop_front();
+  }
+
+  [[nodiscard]] int pinned_cpu(const Worker& w) const {
+    return settings_.cpus.empty() ? -1 : settings_.cpus[static_cast<std::size_t>(w.index) % settings_.cpus.size()];
+  }
+
+  /// A chunk that failed on a dead worker goes first; otherwise a new chunk from the oldest batch
+  /// with items left, topped up from later batches of the same job.
+  std::optional<std::uint64_t> next_chunk_for(Worker& w) {
+    if (!requeued_.empty()) {
+      const std::uint64_t id = requeued_.front();
+      requeued_.pop_front();
+      return id;
+    }
+    constexpr std::size_t kMaxChunkBytes = std::size_t{8} << 20;
+    Chunk c;
+    std::size_t want = 0;
+    for (const auto& b : batches_) {
+      if (b->source_done) continue;
+      if (c.count > 0 && b->job_id != c.job_id) continue;
+      const std::size_t room = b->room();
+      if (room == 0) continue;
+      if (c.count == 0) {
+        c.job_id = b->job_id;
+        want = chunk_size_for(*b);
+        if (settings_.max_tasks_per_worker > 0)
+          want = std::min(want, settings_.max_tasks_per_worker - w.items_assigned);
+        want = std::max<std::size_t>(1, std::min<std::size_t>(want, UINT32_MAX));
+      }
+      const std::size_t take = std::min(want - c.count, room);
+      const std::size_t bytes_left = kMaxChunkBytes > c.items.size() ? kMaxChunkBytes - c.items.size() : 0;
+      if (c.count > 0 && bytes_left == 0) break;
+      const std::size_t got = b->encode_next(take, std::max<std::size_t>(bytes_left, 1), c.items);
+      if (got > 0) {
+        c.segments.push_back({b, b->dispatched, static_cast<std::uint32_t>(got)});
+        c.count += static_cast<std::uint32_t>(got);
+        b->dispatched += got;
+        if (b->total_known) jobs_.at(b->job_id).undispatched -= got;
+      }
+      if (got < take || (b->total_known && b->dispatched >= b->total)) {
+        if (!b->total_known) {
+          b->total = b->dispatched;
+          b->total_known = true;
+        }
+        b->source_done = true;
+        if (b->finished()) release_job(b->job_id);  // an empty input
+      }
+      if (c.count >= want || c.items.size() >= kMaxChunkBytes) break;
+    }
+    if (c.count == 0) return std::nullopt;
+    const std::uint64_t id = next_chunk_id_++;
+    chunks_.emplace(id, std::move(c));
+    return id;
+  }
+
+  /// Automatic chunking: about a millisecond of work per chunk, measured from earlier chunks of the
+  /// same job, but never so large that the tail of a known-size input cannot be balanced.
+  [[nodiscard]] std::size_t chunk_size_for(const Batch& b) const {
+    if (b.chunk_size > 0) return b.chunk_size;
+    if (settings_.chunk_size > 0) return settings_.chunk_size;
+    constexpr double kTargetNs = 1e6;
+    const Job& job = jobs_.at(b.job_id);
+    std::size_t n = job.ns_per_item > 0 ? static_cast<std::size_t>(std::clamp(kTargetNs / job.ns_per_item, 1.0, 1e6)) : 4;
+    if (b.total_known) n = std::min(n, std::max<std::size_t>(1, job.undispatched / (2 * settings_.workers)));
+    return std::max<std::size_t>(n, 1);
+  }
+
+  void send_chunk(Worker& w, std::uint64_t id) {
+    Chunk& c = chunks_.at(id);
+    if (w.job_sent != c.job_id) {
+      const Buffer& frame = jobs_.at(c.job_id).frame;
+      w.out.append(frame.data(), frame.size());
+      w.job_sent = c.job_id;
+    }
+    const std::size_t skip_bytes = c.skip.size() * sizeof(std::uint32_t);
+    const FrameHeader h{FrameKind::chunk, 0, id, sizeof(ChunkHeader) + skip_bytes + c.items.size()};
+    const ChunkHeader ch{c.job_id, c.count, static_cast<std::uint32_t>(c.skip.size())};
+    w.out.append(&h, sizeof h);
+    w.out.append(&ch, sizeof ch);
+    w.out.append(c.skip.data(), skip_bytes);
+    w.out.append(c.items.data(), c.items.size());
+    w.in_flight.push_back(id);
+    w.items_assigned += c.count - c.skip.size();
+    if (settings_.max_tasks_per_worker > 0 && w.items_assigned >= settings_.max_tasks_per_worker) w.retiring = true;
+  }
+
+  void flush_all() {
+    for (auto& w : workers_) flush(w);
+  }
+
+  void flush(Worker& w) {
+    if (!w.task) return;
+    SigpipeGuard no_sigpipe;
+    while (w.out_sent < w.out.size()) {
+      const ssize_t n = ::write(w.task.get(), w.out.data() + w.out_sent, w.out.size() - w.out_sent);
+      if (n > 0) {
+        w.out_sent += static_cast<std::size_t>(n);
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && errno == EAGAIN) break;
+      // EPIPE: the worker is dead; its death is handled when the result pipe or pidfd says so.
+      w.out.clear();
+      w.out_sent = 0;
+      return;
+    }
+    if (w.out_sent == w.out.size()) {
+      w.out.clear();
+      w.out_sent = 0;
+    } else if (w.out_sent > (std::size_t{1} << 20)) {
+      w.out.erase_front(w.out_sent);
+      w.out_sent = 0;
+    }
+    if (w.retiring && w.in_flight.empty()) send_shutdown(w);
+  }
+
+  void send_shutdown(Worker& w) {
+    // Recycled (max_tasks_per_worker): asked to exit; replaced when its exit is reported.
+    if (w.state != WorkerState::running) return;
+    const FrameHeader h{FrameKind::shutdown, 0, 0, 0};
+    w.out.append(&h, sizeof h);
+    w.state = WorkerState::dead;  // no more work; its exit arrives through the zygote
+    SigpipeGuard no_sigpipe;
+    (void)write_all(w.task.get(), w.out.data() + w.out_sent, w.out.size() - w.out_sent);
+    w.out.clear();
+    w.out_sent = 0;
+  }
+
+  // ---- receiving ----------------------------------------------------------------------------
+
+  void read_results(Worker& w, bool process_ended) {
+    bool eof = false;
+    while (w.result) {
+      constexpr std::size_t kRead = std::size_t{1} << 20;
+      std::byte* dst = nullptr;
+      try {
+        dst = w.in.prepare(kRead);
+      } catch (const std::bad_alloc&) {
+        // A result too large for the parent's memory: fail what this worker holds, replace it.
+        give_up_on(w, "procpool::Pool: the result of ",
+                   " (worker " + std::to_string(w.index) + ") is too large to fit in the parent's memory (" +
+                       std::to_string(w.in.pending()) + " bytes received so far)");
+        return;
+      }
+      const ssize_t n = read_some(w.result.get(), dst, kRead);
+      w.in.commit(kRead, n > 0 ? static_cast<std::size_t>(n) : 0);
+      if (n > 0) {
+        if (!consume_frames(w)) return;
+        continue;
+      }
+      if (n < 0 && errno == EAGAIN) break;
+      eof = true;
+      break;
+    }
+    if (eof || process_ended) {
+      // Everything the worker wrote before it ended has been read; its exit status comes from the zygote.
+      if (process_ended && !eof) consume_frames(w);
+      w.result.reset();
+      w.task.reset();
+      w.pidfd.reset();
+      if (w.state == WorkerState::running) w.state = WorkerState::dead;
+      maybe_finish_death(w);
+    }
+  }
+
+  /// Handles the complete frames received from w; false if w sent garbage (it is then killed).
+  bool consume_frames(Worker& w) {
+    try {
+      while (auto frame = w.in.next()) {
+        const auto& [h, payload] = *frame;
+        switch (h.kind) {
+          case FrameKind::ready:
+            w.ready = true;
+            break;
+          case FrameKind::init_failed: {
+            Decoder d(payload);
+            const auto info = decode_as<RemoteException>(d);
+            w.init_failure = "procpool::Pool: the initializer threw " + info.type_name + ": " + info.what +
+                             " in worker " + std::to_string(w.index);
+            break;
+          }
+          case FrameKind::results:
+            handle_results(w, h.id, payload);
+            break;
+          default:
+            throw DecodeError("unexpected frame kind");
+        }
+      }
+    } catch (const DecodeError& e) {
+      // The worker's output is corrupt (its memory, or a task writing to our pipe): fail what it
+      // had, and replace it.
+      give_up_on(w, "procpool::Pool: worker " + std::to_string(w.index) + " sent a malformed message (" + e.what() +
+                        ") for ", "");
+      return false;
+    } catch (const std::bad_alloc&) {
+      give_up_on(w, "procpool::Pool: the result of ",
+                 " (worker " + std::to_string(w.index) + ") is too large to fit in the parent's memory");
+      return false;
+    }
+    return true;
+  }
+
+  /// Fails the items w holds with prefix + "item N" + suffix, and kills w (it is then replaced).
+  void give_up_on(Worker& w, const std::string& prefix, const std::string& suffix) {
+    for (std::uint64_t id : w.in_flight) fail_chunk(id, prefix, suffix);
+    w.in_flight.clear();
+    w.in = FrameParser{};
+    signal_worker(w, SIGKILL);
+  }
+
+  void handle_results(Worker& w, std::uint64_t id, std::span<const std::byte> payload) {
+    if (w.in_flight.empty() || w.in_flight.front() != id) throw DecodeError("results for a chunk not in flight");
+    Chunk& c = chunks_.at(id);
+    const ParsedResults parsed = parse_results(payload, c.count);
+    const auto& failed = parsed.failed;
+    const Segment& only = c.segments.front();
+    if (!(failed.empty() && c.skip.empty() && c.segments.size() == 1 &&
+          only.batch->accept_bulk(only.first, only.count, parsed.values))) {
+      Decoder vd(parsed.values);
+      std::size_t f = 0;
+      std::size_t s = 0;
+      for_each_item(c, [&](std::uint32_t local, Batch& b, std::size_t index) {
+        if (s < c.skip.size() && c.skip[s] == local) {
+          ++s;
+        } else if (f < failed.size() && failed[f].first == local) {
+          b.accept_error(index, std::make_exception_ptr(make_remote_error(
+                                    failed[f].second,
+                                    "procpool::Pool: " + b.describe(index) + " (worker " + std::to_string(w.index) + ")",
+                                    index)));
+          ++f;
+        } else {
+          b.accept_value(index, vd);
+        }
+        // Should a later item's bytes be corrupt, this one keeps the outcome it already has.
+        c.delivered = local + 1;
+      });
+      if (vd.remaining() != 0) throw DecodeError("trailing bytes after the results");
+    }
+    const ResultsHeader& rh = parsed.header;
+    const std::size_t ran = c.count - c.skip.size();
+    if (ran > 0 && rh.compute_ns > 0) {
+      Job& job = jobs_.at(c.job_id);
+      const double sample = static_cast<double>(rh.compute_ns) / static_cast<double>(ran);
+      job.ns_per_item = job.ns_per_item == 0 ? sample : 0.5 * job.ns_per_item + 0.5 * sample;
+    }
+    w.in_flight.pop_front();
+    finish_chunk(id);
+    if (w.retiring && w.in_flight.empty()) send_shutdown(w);
+  }
+
+  /// Counts a chunk's items that had no outcome before into their batches, reports progress, and
+  /// forgets the chunk.
+  void finish_chunk(std::uint64_t id) {
+    const auto it = chunks_.find(id);
+    if (it == chunks_.end()) return;
+    Chunk c = std::move(it->second);
+    chunks_.erase(it);
+    std::size_t s = 0;
+    std::uint32_t local = 0;
+    for (const Segment& seg : c.segments) {
+      std::size_t fresh = 0;
+      for (std::uint32_t k = 0; k < seg.count; ++k, ++local) {
+        if (s < c.skip.size() && c.skip[s] == local) {
+          ++s;
+        } else {
+          ++fresh;
+        }
+      }
+      completed(*seg.batch, fresh);
+      seg.batch->on_progress();
+    }
+  }
+
+  /// A batch that finished drops its use of its job; a job nobody uses is forgotten.
+  void release_job(std::uint64_t job_id) {
+    const auto it = jobs_.find(job_id);
+    if (it == jobs_.end() || --it->second.users > 0) return;
+    job_ids_.erase(it->second.key);
+    jobs_.erase(it);
+  }
+
+  // ---- deaths -------------------------------------------------------------------------------
+
+  void read_control() {
+    std::vector<Fd> fds;
+    for (;;) {
+      bool would_block = false;
+      const auto m = receive_message(control_.get(), fds, &would_block);
+      if (!m) {
+        if (!would_block) zygote_gone();
+        return;
+      }
+      handle_control(*m, fds);
+    }
+  }
+
+  void handle_control(const ZygoteMessage& m, std::vector<Fd>& fds) {
+    switch (m.op) {
+      case ZygoteMessage::Op::spawned: {
+        if (m.index < 0 || static_cast<std::size_t>(m.index) >= workers_.size()) return;
+        Worker& w = workers_[static_cast<std::size_t>(m.index)];
+        if (fds.size() < 2) {
+          // The descriptors did not arrive (we are at RLIMIT_NOFILE: the kernel drops them). The
+          // worker sees its pipes close and exits; try again later.
+          w.state = WorkerState::vacant;
+          spawn_error_ = "cannot receive the new worker's pipes: too many open files (RLIMIT_NOFILE)";
+          if (started_) no_workers_left_check();
+          return;
+        }
+        w.pid = m.pid;
+        w.task = std::move(fds[0]);
+        w.result = std::move(fds[1]);
+        if (fds.size() > 2) w.pidfd = std::move(fds[2]);
+        set_nonblocking(w.task.get(), true);
+        set_nonblocking(w.result.get(), true);
+        w.state = WorkerState::running;
+        ++w.generation;
+        w.in = FrameParser{};
+        w.out.clear();
+        w.out_sent = 0;
+        w.in_flight.clear();
+        w.job_sent = 0;
+        w.items_assigned = 0;
+        w.ready = false;
+        w.retiring = false;
+        w.timed_out.reset();
+        w.init_failure.reset();
+        w.exit_status.reset();
+        slots_[w.index].chunk_id.store(0, std::memory_order_relaxed);
+        slots_[w.index].item_started_ns.store(0, std::memory_order_relaxed);
+        if (stopping_) send_shutdown(w);
+        break;
+      }
+      case ZygoteMessage::Op::spawn_failed: {
+        if (m.index < 0 || static_cast<std::size_t>(m.index) >= workers_.size()) return;
+        Worker& w = workers_[static_cast<std::size_t>(m.index)];
+        w.state = WorkerState::vacant;
+        spawn_error_ = std::string("fork failed: ") + std::strerror(m.value) +
+                       (m.value == EAGAIN ? " (the process limit RLIMIT_NPROC or the system's pid limit is reached)" : "");
+        if (started_) no_workers_left_check();
+        break;
+      }
+      case ZygoteMessage::Op::exited: {
+        for (auto& w : workers_) {
+          if (w.pid == m.pid && !w.exit_status) {
+            w.exit_status = m.value;
+            if (w.result) read_results(w, /*process_ended=*/true);  // drains, then finishes the death
+            else maybe_finish_death(w);
+            break;
+          }
+        }
+        break;
+      }
+      default:
+        break;
+    }
+  }
+
+  /// A worker's death is handled once both its pipes have closed and the zygote has reported its
+  /// exit status: then the item it was running is blamed, its other chunks re-queued, and a
+  /// replacement requested.
+  void maybe_finish_death(Worker& w) {
+    if (w.result || !w.exit_status || w.state == WorkerState::vacant || w.state == WorkerState::spawning) return;
+    const int code = exitcode_from_status(*w.exit_status);
+    w.exit_status.reset();
+    const WorkerSlot& slot = slots_[w.index];
+    const std::uint64_t running_chunk = slot.chunk_id.load(std::memory_order_acquire);
+    const std::uint32_t running_item = slot.item.load(std::memory_order_acquire);
+    const std::string who = "worker " + std::to_string(w.index) + " (pid " + std::to_string(w.pid) + ")";
+
+    // An initializer that throws breaks the pool for good; one that dies might have been killed
+    // from outside, so only three deaths in a row before it finishes count as broken.
+    w.init_deaths = w.ready ? 0 : w.init_deaths + 1;
+    if (!stopping_ && !terminating_ && (w.init_failure || w.init_deaths >= 3)) {
+      broken_ = w.init_failure ? *w.init_failure
+                               : "procpool::Pool: " + who + " " + describe_ending(code) +
+                                     " while running the initializer, three times in a row";
+    }
+
+    bool first = true;
+    std::deque<std::uint64_t> again;
+    for (std::uint64_t id : w.in_flight) {
+      auto it = chunks_.find(id);
+      if (it == chunks_.end()) continue;
+      Chunk& c = it->second;
+      if (first && running_chunk == id && running_item < c.count) {
+        Batch* owner = nullptr;
+        std::size_t index = 0;
+        for_each_item(c, [&](std::uint32_t local, Batch& b, std::size_t i) {
+          if (local == running_item) {
+            owner = &b;
+            index = i;
+          }
+        });
+        Batch& b = *owner;
+        std::exception_ptr error;
+        if (w.timed_out && w.timed_out->first == id) {
+          error = std::make_exception_ptr(TimeoutError(
+              "procpool::Pool: " + b.describe(index) + " ran longer than the task timeout of " +
+                  std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(settings_.task_timeout).count()) +
+                  " ms; " + who + " was killed and replaced",
+              index));
+        } else {
+          error = std::make_exception_ptr(
+              ProcessError("procpool::Pool: " + who + " " + describe_ending(code) + " while running " +
+                               b.describe(index) + "; the worker was replaced",
+                           code, index));
+        }
+        b.accept_error(index, error);
+        c.skip.insert(std::upper_bound(c.skip.begin(), c.skip.end(), running_item), running_item);
+        completed(b, 1);
+        b.on_progress();
+      } else if (first) {
+        // The worker died outside any item (killed while idle, or while writing results): the
+        // chunk is simply run again, a bounded number of times.
+        if (++c.unexplained_deaths >= 3) {
+          fail_chunk(id, "procpool::Pool: " + who + " " + describe_ending(code) +
+                             " three times while handling the chunk holding ");
+          continue;
+        }
+      }
+      first = false;
+      if (c.skip.size() == c.count) {
+        chunks_.erase(id);
+      } else {
+        again.push_back(id);
+      }
+    }
+    w.in_flight.clear();
+    for (auto it = again.rbegin(); it != again.rend(); ++it) requeued_.push_front(*it);
+    slots_[w.index].chunk_id.store(0, std::memory_order_relaxed);
+    w.close();
+    w.state = WorkerState::vacant;
+    w.pid = -1;
+    if (!stopping_ && !terminating_ && !broken_) request_spawn(w);
+    if (broken_) fail_pending(*broken_);
+    if (started_ && !broken_) no_workers_left_check();
+  }
+
+  /// Fails every item of chunk `id` that has no outcome yet, with `prefix` + "item N" + `suffix`.
+  void fail_chunk(std::uint64_t id, const std::string& prefix, const std::string& suffix = "") {
+    auto it = chunks_.find(id);
+    if (it == chunks_.end()) return;
+    const Chunk& c = it->second;
+    std::size_t s = 0;
+    for_each_item(c, [&](std::uint32_t local, Batch& b, std::size_t index) {
+      if (s < c.skip.size() && c.skip[s] == local) {
+        ++s;
+        return;
+      }
+      if (local < c.delivered) return;
+      b.accept_error(index, std::make_exception_ptr(Error(prefix + b.describe(index) + suffix)));
+    });
+    finish_chunk(id);
+  }
+
+  /// Fails everything not yet finished: chunks out and items not yet dispatched.
+  void fail_pending(const std::string& why) {
+    for (auto& w : workers_) w.in_flight.clear();
+    requeued_.clear();
+    std::vector<std::uint64_t> ids;
+    for (const auto& [id, c] : chunks_) ids.push_back(id);
+    for (std::uint64_t id : ids) fail_chunk(id, "procpool::Pool: ", " did not complete: " + why);
+    fail_undispatched(why);
+  }
+
+  void zygote_gone() {
+    control_.reset();
+    if (!stopping_) {
+      broken_ = "procpool::Pool: the pool's zygote process ended unexpectedly; the pool cannot replace workers";
+      for (auto& w : workers_) signal_worker(w, SIGKILL);
+      fail_pending("the pool's zygote process ended unexpectedly");
+    }
+    for (auto& w : workers_) {
+      w.close();
+      w.state = WorkerState::vacant;
+    }
+  }
+
+  void no_workers_left_check() {
+    const bool any = std::any_of(workers_.begin(), workers_.end(), [](const Worker& w) {
+      return w.state == WorkerState::running || w.state == WorkerState::spawning;
+    });
+    if (!any) fail_pending("no worker could be started (" + spawn_error_ + ")");
+  }
+
+  /// Fails the items no chunk holds yet (they are encoded only to be counted).
+  void fail_undispatched(const std::string& why) {
+    for (const auto& b : batches_) {
+      if (b->source_done) continue;
+      Buffer scratch;
+      for (;;) {
+        scratch.clear();
+        const std::size_t n = b->encode_next(1024, SIZE_MAX, scratch);
+        if (n == 0) break;
+        for (std::size_t i = 0; i < n; ++i)
+          b->accept_error(b->dispatched + i, std::make_exception_ptr(Error(
+                                                 "procpool::Pool: " + b->describe(b->dispatched + i) + " did not run: " + why)));
+        if (b->total_known) jobs_.at(b->job_id).undispatched -= n;
+        b->dispatched += n;
+        completed(*b, n);
+      }
+      b->source_done = true;
+      b->total = b->dispatched;
+      b->total_known = true;
+      if (b->finished()) release_job(b->job_id);
+      b->on_progress();
+    }
+  }
+
+  void respawn_vacant() {
+    if (stopping_ || terminating_ || broken_ || !control_) return;
+    const auto now = std::chrono::steady_clock::now();
+    for (auto& w : workers_)
+      if (w.state == WorkerState::vacant && now >= w.next_spawn_attempt) request_spawn(w);
+  }
+
+  void check_timeouts() {
+    if (settings_.task_timeout.count() <= 0) return;
+    const std::int64_t now = monotonic_ns();
+    for (auto& w : workers_) {
+      if (w.state != WorkerState::running || w.in_flight.empty() || w.timed_out) continue;
+      const WorkerSlot& s = slots_[w.index];
+      const std::uint64_t chunk = s.chunk_id.load(std::memory_order_acquire);
+      const std::int64_t started = s.item_started_ns.load(std::memory_order_acquire);
+      if (chunk == 0 || started == 0 || now - started < settings_.task_timeout.count()) continue;
+      w.timed_out = std::make_pair(chunk, s.item.load(std::memory_order_acquire));
+      signal_worker(w, SIGKILL);
+    }
+  }
+
+  void signal_worker(Worker& w, int sig) {
+    if (w.pid <= 0 || (w.state != WorkerState::running && w.state != WorkerState::dead)) return;
+#ifdef SYS_pidfd_send_signal
+    if (w.pidfd && ::syscall(SYS_pidfd_send_signal, w.pidfd.get(), sig, nullptr, 0) == 0) return;
+#endif
+    // Without a pidfd: the zygote has not reported this pid's exit, so it is not reaped and
+    // cannot have been reused.
+    ::kill(w.pid, sig);
+  }
+
+  [[nodiscard]] bool all_finished() const {
+    return chunks_.empty() && std::all_of(batches_.begin(), batches_.end(), [](const auto& b) { return b->source_done; });
+  }
+
+  [[nodiscard]] bool workers_exited() const {
+    if (!control_) return true;
+    return std::all_of(workers_.begin(), workers_.end(), [](const Worker& w) { return w.state == WorkerState::vacant; });
+  }
+
+  CoreSettings settings_;
+  ZygoteSetup zygote_setup_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool driving_ = false;
+  std::thread::id driver_thread_{};
+
+  WorkerSlot* slots_ = nullptr;
+  std::size_t slots_bytes_ = 0;
+  Fd control_;
+  Fd wake_;
+  pid_t zygote_pid_ = -1;
+  std::vector<Worker> workers_;
+  std::string spawn_error_;
+
+  std::deque<std::shared_ptr<Batch>> batches_;
+  std::unordered_map<std::uint64_t, Chunk> chunks_;
+  std::deque<std::uint64_t> requeued_;
+  std::unordered_map<std::uint64_t, Job> jobs_;
+  std::unordered_map<std::string, std::uint64_t> job_ids_;
+  std::uint64_t next_job_id_ = 1;
+  std::uint64_t next_chunk_id_ = 1;
+
+  bool started_ = false;
+  bool closed_ = false;
+  bool stopping_ = false;
+  bool terminating_ = false;
+  bool stopped_ = false;
+  std::optional<std::string> broken_;
+};
+
+}  // namespace procpool::detail

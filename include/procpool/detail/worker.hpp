@@ -1,0 +1,325 @@
+// procpool::detail: what runs inside a pool worker: the job runners and the worker's main loop.
+#pragma once
+
+#include <poll.h>
+#include <sched.h>
+#include <time.h>
+
+#include <atomic>
+#include <chrono>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <new>
+#include <span>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "../codec.hpp"
+#include "buffer.hpp"
+#include "fd.hpp"
+#include "remote_exception.hpp"
+#include "wire.hpp"
+
+namespace procpool::detail {
+
+/// What a worker publishes about itself in memory shared with the parent, so that when it dies the
+/// parent knows which item it was running, and can see how long the current item has been running.
+/// Written without any system call: a relaxed store per item.
+struct alignas(64) WorkerSlot {
+  std::atomic<std::uint64_t> chunk_id{0};  // 0 while not running items
+  std::atomic<std::uint32_t> item{0};      // local index in that chunk
+  std::atomic<std::int64_t> item_started_ns{0};  // CLOCK_MONOTONIC, written only when timeouts are on
+};
+static_assert(std::atomic<std::uint64_t>::is_always_lock_free, "the worker slot must be lock-free across processes");
+
+[[nodiscard]] inline std::int64_t monotonic_ns() noexcept {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+/// Everything a worker needs to run one chunk.
+struct ChunkWork {
+  std::span<const std::byte> items;
+  std::uint32_t count = 0;
+  std::span<const std::byte> skip;  // skip_count little u32 local indices (unaligned)
+  WorkerSlot* slot = nullptr;
+  bool timed = false;
+};
+
+/// Where a chunk's outcome goes.
+struct ChunkOutput {
+  Buffer& values;
+  Buffer& failures;
+  std::uint32_t failed_count = 0;
+};
+
+/// A job as the worker holds it: the callable, rebuilt from its bytes, and how to apply it to items.
+class JobRunner {
+ public:
+  virtual ~JobRunner() = default;
+  virtual void run_chunk(const ChunkWork& work, ChunkOutput& out) = 0;
+};
+
+/// Rebuilds a JobRunner from the callable's bytes. Its address travels in the job frame: workers are
+/// forks of the parent, so the same address is the same function in every worker.
+using RunnerFactory = std::unique_ptr<JobRunner> (*)(std::span<const std::byte> callable);
+
+/// Callables that can travel to a persistent worker: trivially copyable ones travel as raw bytes
+/// (their pointers, if any, refer to the worker's snapshot of memory), others through the codec.
+template <class F>
+concept TravellingCallable =
+    std::is_trivially_copyable_v<F> || (Encodable<F> && std::default_initializable<F>);
+
+template <class F>
+void encode_callable(const F& f, Buffer& out) {
+  if constexpr (std::is_trivially_copyable_v<F>) {
+    out.append(std::addressof(f), sizeof(F));
+  } else {
+    Encoder e(out);
+    encode(e, f);
+  }
+}
+
+/// Holds a callable rebuilt in the worker.
+template <class F>
+class RebuiltCallable {
+ public:
+  explicit RebuiltCallable(std::span<const std::byte> bytes) {
+    if constexpr (std::is_trivially_copyable_v<F>) {
+      if (bytes.size() != sizeof(F)) throw DecodeError("procpool: callable bytes of the wrong size");
+      // The bytes were made from a live F by the same binary; copying them into suitably aligned
+      // storage creates an F (trivially copyable types have implicit-lifetime semantics).
+      storage_ = std::make_unique<Storage>();
+      std::memcpy(storage_->bytes, bytes.data(), sizeof(F));
+      f_ = std::launder(reinterpret_cast<F*>(storage_->bytes));
+    } else {
+      owned_ = std::make_unique<F>(from_bytes<F>(bytes));
+      f_ = owned_.get();
+    }
+  }
+  F& get() noexcept { return *f_; }
+
+ private:
+  struct Storage {
+    alignas(F) std::byte bytes[sizeof(F)];
+  };
+  std::unique_ptr<Storage> storage_;
+  std::unique_ptr<F> owned_;
+  F* f_ = nullptr;
+};
+
+/// How a job applies its callable to one decoded item.
+enum class CallStyle { invoke, apply };
+
+template <class F, class In, CallStyle Style>
+struct call_result {
+  using type = std::invoke_result_t<F&, In&>;
+};
+template <class F, class In>
+struct call_result<F, In, CallStyle::apply> {
+  using type = decltype(std::apply(std::declval<F&>(), std::declval<In&>()));
+};
+template <class F, class In, CallStyle Style>
+using call_result_t = typename call_result<F, In, Style>::type;
+
+template <class F, class In, CallStyle Style>
+class Runner final : public JobRunner {
+ public:
+  using Out = std::remove_cvref_t<call_result_t<F, In, Style>>;
+
+  explicit Runner(std::span<const std::byte> callable) : f_(callable) {}
+
+  static std::unique_ptr<JobRunner> make(std::span<const std::byte> callable) {
+    return std::make_unique<Runner>(callable);
+  }
+
+  void run_chunk(const ChunkWork& work, ChunkOutput& out) override {
+    Decoder items(work.items);
+    Encoder values(out.values);
+    Encoder failures(out.failures);
+    std::size_t next_skip = 0;
+    const std::size_t skip_count = work.skip.size() / sizeof(std::uint32_t);
+    In item{};
+    for (std::uint32_t i = 0; i < work.count; ++i) {
+      decode(items, item);
+      if (next_skip < skip_count && skip_at(work.skip, next_skip) == i) {
+        ++next_skip;
+        continue;
+      }
+      work.slot->item.store(i, std::memory_order_relaxed);
+      if (work.timed) work.slot->item_started_ns.store(monotonic_ns(), std::memory_order_release);
+      try {
+        if constexpr (std::is_void_v<Out>) {
+          call(item);
+        } else {
+          encode(values, call(item));
+        }
+      } catch (...) {
+        std::uint32_t index = i;
+        failures.write_bytes(&index, sizeof index);
+        encode(failures, describe_current_exception());
+        ++out.failed_count;
+      }
+    }
+  }
+
+ private:
+  static std::uint32_t skip_at(std::span<const std::byte> skip, std::size_t k) noexcept {
+    std::uint32_t v;
+    std::memcpy(&v, skip.data() + k * sizeof v, sizeof v);
+    return v;
+  }
+
+  decltype(auto) call(In& item) {
+    if constexpr (Style == CallStyle::apply)
+      return std::apply(f_.get(), item);
+    else
+      return std::invoke(f_.get(), item);
+  }
+
+  RebuiltCallable<F> f_;
+};
+
+/// How a worker was set up by the zygote.
+struct WorkerSetup {
+  int index = 0;
+  int cpu = -1;  // -1: not pinned
+  WorkerSlot* slot = nullptr;
+  bool timed = false;
+  const std::function<void()>* initializer = nullptr;
+};
+
+/// Reads exactly n bytes from a non-blocking fd, spinning briefly before blocking: a cross-core
+/// wake-up costs tens of microseconds, so a worker that was just busy polls the pipe for a while.
+/// Returns false at end-of-file (the parent is gone or closed the pool).
+inline bool read_exact_spinning(int fd, std::byte* dst, std::size_t n) {
+  constexpr auto kSpin = std::chrono::microseconds{60};
+  while (n > 0) {
+    const ssize_t r = read_some(fd, dst, n);
+    if (r > 0) {
+      dst += r;
+      n -= static_cast<std::size_t>(r);
+      continue;
+    }
+    if (r == 0) return false;
+    if (errno != EAGAIN) return false;
+    const auto spin_until = std::chrono::steady_clock::now() + kSpin;
+    bool got = false;
+    while (std::chrono::steady_clock::now() < spin_until) {
+      pollfd p{fd, POLLIN, 0};
+      if (::poll(&p, 1, 0) > 0) {
+        got = true;
+        break;
+      }
+      ::sched_yield();  // the parent may be waiting for this CPU
+    }
+    if (!got) {
+      pollfd p{fd, POLLIN, 0};
+      poll_retry(&p, 1, -1);
+    }
+  }
+  return true;
+}
+
+inline void send_frame_or_exit(int fd, const Buffer& frame) {
+  // Blocking write: the parent always drains results, so this cannot deadlock; if the parent is
+  // gone the write fails (EPIPE, or SIGPIPE) and the worker ends, which is what it should do.
+  if (write_all(fd, frame.data(), frame.size()) != 0) exit_child(0);
+}
+
+/// The worker's main loop: run the initializer, then jobs and chunks until shutdown or end-of-file.
+inline int worker_main(int task_fd, int result_fd, const WorkerSetup& setup) {
+  if (setup.cpu >= 0) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(setup.cpu, &set);
+    // A cpuset that changed since the pool started may forbid the CPU: then run unpinned.
+    (void)::sched_setaffinity(0, sizeof set, &set);
+  }
+  set_nonblocking(task_fd, true);
+  set_nonblocking(result_fd, false);
+
+  Buffer frame;
+  if (setup.initializer != nullptr && *setup.initializer) {
+    try {
+      (*setup.initializer)();
+    } catch (...) {
+      const std::size_t at = begin_frame(frame, FrameKind::init_failed, 0);
+      Encoder e(frame);
+      encode(e, describe_current_exception());
+      end_frame(frame, at);
+      send_frame_or_exit(result_fd, frame);
+      return 3;
+    }
+  }
+  begin_frame(frame, FrameKind::ready, 0);
+  send_frame_or_exit(result_fd, frame);
+
+  std::unique_ptr<JobRunner> runner;
+  std::uint64_t runner_job = 0;
+  Buffer payload;
+  Buffer values;
+  Buffer failures;
+  for (;;) {
+    FrameHeader h;
+    if (!read_exact_spinning(task_fd, reinterpret_cast<std::byte*>(&h), sizeof h)) return 0;
+    payload.clear();
+    std::byte* dst = payload.grow(static_cast<std::size_t>(h.length));
+    if (!read_exact_spinning(task_fd, dst, static_cast<std::size_t>(h.length))) return 0;
+    switch (h.kind) {
+      case FrameKind::shutdown:
+        return 0;
+      case FrameKind::job: {
+        std::uintptr_t address = 0;
+        std::memcpy(&address, payload.data(), sizeof address);
+        const auto factory = reinterpret_cast<RunnerFactory>(address);
+        runner.reset();
+        runner = factory(payload.view().subspan(sizeof address));
+        runner_job = h.id;
+        break;
+      }
+      case FrameKind::chunk: {
+        ChunkHeader ch;
+        std::memcpy(&ch, payload.data(), sizeof ch);
+        if (!runner || ch.job_id != runner_job) return 4;  // the parent never does this
+        const std::size_t skip_bytes = std::size_t{ch.skip_count} * sizeof(std::uint32_t);
+        ChunkWork work{payload.view().subspan(sizeof ch + skip_bytes), ch.count,
+                       payload.view().subspan(sizeof ch, skip_bytes), setup.slot, setup.timed};
+        values.clear();
+        failures.clear();
+        ChunkOutput out{values, failures};
+        const std::int64_t t0 = monotonic_ns();
+        setup.slot->item.store(0, std::memory_order_relaxed);
+        // A fresh start time before the chunk id: the parent must never pair this chunk with the
+        // previous item's start and kill the worker for a timeout it did not have.
+        if (setup.timed) setup.slot->item_started_ns.store(t0, std::memory_order_relaxed);
+        setup.slot->chunk_id.store(h.id, std::memory_order_release);
+        runner->run_chunk(work, out);
+        // Cleared before the results are written: a death from here on loses no item's outcome
+        // to blame, so the parent re-runs the chunk instead of accusing an item.
+        setup.slot->chunk_id.store(0, std::memory_order_release);
+        const ResultsHeader rh{ch.count, out.failed_count, failures.size(),
+                               static_cast<std::uint64_t>(monotonic_ns() - t0)};
+        frame.clear();
+        const std::size_t at = begin_frame(frame, FrameKind::results, h.id);
+        frame.append(&rh, sizeof rh);
+        frame.append(failures.data(), failures.size());
+        frame.append(values.data(), values.size());
+        end_frame(frame, at);
+        send_frame_or_exit(result_fd, frame);
+        break;
+      }
+      default:
+        return 4;
+    }
+  }
+}
+
+}  // namespace procpool::detail

@@ -1,0 +1,182 @@
+// procpool::detail: the zygote, a small single-threaded process forked when a Pool starts, which
+// forks (and re-forks) the pool's workers on request.
+//
+// Why: fork() copies only the calling thread. A worker forked later from a parent whose other
+// threads hold locks (malloc arenas, iostreams, user mutexes) would inherit those locks held
+// forever. The zygote is a snapshot of the parent taken at pool construction and never runs other
+// threads, so every worker, first or replacement, starts from that same clean state. The zygote
+// also reaps the workers (they are its children) and reports how each one ended.
+#pragma once
+
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <span>
+#include <unordered_map>
+#include <vector>
+
+#include "fd.hpp"
+#include "fork.hpp"
+#include "worker.hpp"
+
+namespace procpool::detail {
+
+/// A message on the control socket (SOCK_SEQPACKET keeps one message per send).
+struct ZygoteMessage {
+  enum class Op : std::uint32_t {
+    spawn = 1,         // parent -> zygote: fork worker `index`
+    spawned = 2,       // zygote -> parent: worker `index` is `pid`; fds: task write end, result read end, pidfd
+    spawn_failed = 3,  // zygote -> parent: fork or pipe failed with errno `value`
+    exited = 4,        // zygote -> parent: worker `pid` ended with waitpid status `value`
+  };
+  Op op;
+  std::int32_t index;
+  std::int32_t pid;
+  std::int32_t value;
+};
+
+/// Sends one message with up to three descriptors attached. Returns 0 or an errno.
+inline int send_message(int sock, const ZygoteMessage& m, std::span<const int> fds = {}) noexcept {
+  iovec iov{const_cast<ZygoteMessage*>(&m), sizeof m};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(3 * sizeof(int))] = {};
+  if (!fds.empty()) {
+    msg.msg_control = control;
+    msg.msg_controllen = CMSG_SPACE(fds.size() * sizeof(int));
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(fds.size() * sizeof(int));
+    std::memcpy(CMSG_DATA(c), fds.data(), fds.size() * sizeof(int));
+  }
+  for (;;) {
+    if (::sendmsg(sock, &msg, MSG_NOSIGNAL) >= 0) return 0;
+    if (errno != EINTR) return errno;
+  }
+}
+
+/// Receives one message and the descriptors attached to it (close-on-exec). Returns nullopt at
+/// end-of-file, or when nothing is ready on a non-blocking socket (then `would_block` is set).
+inline std::optional<ZygoteMessage> receive_message(int sock, std::vector<Fd>& fds, bool* would_block = nullptr) {
+  ZygoteMessage m{};
+  iovec iov{&m, sizeof m};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(3 * sizeof(int))] = {};
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  ssize_t n;
+  do {
+    n = ::recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  if (would_block != nullptr) *would_block = n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+  fds.clear();
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (std::size_t i = 0; i < count; ++i) {
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+      fds.emplace_back(fd);
+    }
+  }
+  if (n != static_cast<ssize_t>(sizeof m)) return std::nullopt;
+  return m;
+}
+
+/// What the zygote knows when it starts: a copy of the pool's settings (its own memory snapshot).
+struct ZygoteSetup {
+  std::span<WorkerSlot> slots;
+  std::vector<int> cpus;  // worker i is pinned to cpus[i % size]; empty: not pinned
+  bool timed = false;
+  const std::function<void()>* initializer = nullptr;
+  int pipe_size = 0;  // F_SETPIPE_SZ for the worker pipes, 0 to leave the default
+};
+
+/// The zygote's main loop. Ends when the parent closes the control socket (or dies): then it kills
+/// and reaps whatever workers remain, so none outlives the pool.
+inline int zygote_main(int control, const ZygoteSetup& setup) {
+  struct Child {
+    pid_t pid;
+    Fd pidfd;
+  };
+  std::vector<Child> children;
+  std::vector<Fd> ignored;
+  set_nonblocking(control, false);
+
+  const auto reap = [&](std::size_t k, bool report) {
+    int status = 0;
+    waitpid_retry(children[k].pid, &status, 0);
+    if (report) send_message(control, {ZygoteMessage::Op::exited, -1, children[k].pid, status});
+    children.erase(children.begin() + static_cast<std::ptrdiff_t>(k));
+  };
+
+  for (;;) {
+    std::vector<pollfd> fds;
+    fds.push_back({control, POLLIN, 0});
+    for (const Child& c : children) fds.push_back({c.pidfd.get(), POLLIN, 0});
+    // Without pidfds (kernels before 5.3) children are checked for exit every 50 ms instead.
+    bool without_pidfd = false;
+    for (const Child& c : children) without_pidfd = without_pidfd || !c.pidfd;
+    poll_retry(fds.data(), fds.size(), without_pidfd ? 50 : -1);
+
+    for (std::size_t k = fds.size() - 1; k >= 1; --k) {
+      Child& c = children[k - 1];
+      if (fds[k].revents != 0) {
+        reap(k - 1, true);
+      } else if (!c.pidfd) {
+        int status = 0;
+        if (waitpid_retry(c.pid, &status, WNOHANG) == c.pid) {
+          send_message(control, {ZygoteMessage::Op::exited, -1, c.pid, status});
+          children.erase(children.begin() + static_cast<std::ptrdiff_t>(k - 1));
+        }
+      }
+    }
+
+    if (fds[0].revents == 0) continue;
+    const auto request = receive_message(control, ignored);
+    if (!request) break;  // the pool is gone
+    if (request->op != ZygoteMessage::Op::spawn) continue;
+    const int index = request->index;
+    try {
+      Pipe task = make_pipe();
+      Pipe result = make_pipe();
+      if (setup.pipe_size > 0) {
+        (void)::fcntl(task.write.get(), F_SETPIPE_SZ, setup.pipe_size);
+        (void)::fcntl(result.write.get(), F_SETPIPE_SZ, setup.pipe_size);
+      }
+      WorkerSetup ws;
+      ws.index = index;
+      ws.cpu = setup.cpus.empty() ? -1 : setup.cpus[static_cast<std::size_t>(index) % setup.cpus.size()];
+      ws.slot = &setup.slots[static_cast<std::size_t>(index)];
+      ws.timed = setup.timed;
+      ws.initializer = setup.initializer;
+      const int task_read = task.read.get();
+      const int result_write = result.write.get();
+      const pid_t pid = fork_child([&] { return worker_main(task_read, result_write, ws); },
+                                   {task_read, result_write}, ForkOptions{.die_with_parent = true});
+      Fd pidfd = open_pidfd(pid);
+      Fd pidfd_for_parent(pidfd ? ::fcntl(pidfd.get(), F_DUPFD_CLOEXEC, 0) : -1);
+      const int passed[3] = {task.write.get(), result.read.get(), pidfd_for_parent.get()};
+      send_message(control, {ZygoteMessage::Op::spawned, index, pid, 0},
+                   std::span<const int>(passed, pidfd_for_parent ? 3 : 2));
+      children.push_back({pid, std::move(pidfd)});
+    } catch (const SystemError& e) {
+      send_message(control, {ZygoteMessage::Op::spawn_failed, index, -1, e.error_number()});
+    }
+  }
+
+  for (Child& c : children) ::kill(c.pid, SIGKILL);
+  while (!children.empty()) reap(children.size() - 1, false);
+  return 0;
+}
+
+}  // namespace procpool::detail

@@ -1,0 +1,296 @@
+// procpool::Process: run one callable in a forked child process and get its result back.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <concepts>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+#include "codec.hpp"
+#include "detail/buffer.hpp"
+#include "detail/fd.hpp"
+#include "detail/fork.hpp"
+#include "detail/remote_exception.hpp"
+#include "error.hpp"
+
+namespace procpool {
+
+namespace detail {
+
+/// The first byte of a child's reply.
+enum class ReplyKind : std::uint8_t { value = 1, exception = 2 };
+
+/// The callable and its arguments, type-erased so that Process<R> depends only on R.
+template <class R>
+struct ProcessTask {
+  virtual ~ProcessTask() = default;
+  /// Runs in the child; encodes the result (or the exception) into `reply`.
+  virtual void run(Buffer& reply) = 0;
+};
+
+template <class R, class F, class... Args>
+struct ProcessTaskFor final : ProcessTask<R> {
+  template <class G, class... As>
+  explicit ProcessTaskFor(G&& g, As&&... as) : f(std::forward<G>(g)), args(std::forward<As>(as)...) {}
+
+  void run(Buffer& reply) override {
+    Encoder out(reply);
+    try {
+      if constexpr (std::is_void_v<R>) {
+        std::apply(f, args);
+        out(ReplyKind::value);
+      } else {
+        // Encoded straight from the call's result: no copy of a large R.
+        const R result = std::apply(f, args);
+        out(ReplyKind::value);
+        encode(out, result);
+      }
+    } catch (...) {
+      reply.clear();
+      out(ReplyKind::exception, describe_current_exception());
+    }
+  }
+
+  F f;
+  std::tuple<Args...> args;
+};
+
+}  // namespace detail
+
+/// A callable running in a forked child process: Python's multiprocessing.Process, with a result.
+///
+/// The child is a fork of the caller made at start(), so any callable works, captures included:
+/// it sees the parent's memory as it was at that moment (changes it makes stay in the child).
+/// The result (type R, which must be Encodable unless void) comes back through a pipe; an
+/// exception thrown by the callable comes back as a RemoteError; a child that dies or exits
+/// early is reported as a ProcessError. Movable, not copyable. A started Process that is
+/// destroyed without join() is joined by its destructor, like std::jthread: kill() it first if
+/// it might never finish.
+template <class R>
+class Process {
+  static_assert(std::is_void_v<R> || Encodable<R>,
+                "procpool::Process<R>: the result type R must be encodable to travel back from the child; "
+                "see procpool/codec.hpp (add a serialize member, an ADL serialize, or specialise procpool::Codec)");
+
+ public:
+  /// The result type returned by get().
+  using result_type = R;
+
+  /// Prepares `f(args...)` to run in a child; nothing is forked until start().
+  template <class F, class... Args>
+    requires(!std::same_as<std::remove_cvref_t<F>, Process>) &&
+            std::invocable<std::decay_t<F>&, std::decay_t<Args>&...> &&
+            (std::is_void_v<R> ||
+             std::convertible_to<std::invoke_result_t<std::decay_t<F>&, std::decay_t<Args>&...>, R>)
+  explicit Process(F&& f, Args&&... args)
+      : task_(std::make_unique<detail::ProcessTaskFor<R, std::decay_t<F>, std::decay_t<Args>...>>(
+            std::forward<F>(f), std::forward<Args>(args)...)) {}
+
+  Process(Process&& other) noexcept = default;
+  /// Joins this Process first if it was started and not joined.
+  Process& operator=(Process&& other) noexcept {
+    if (this != &other) {
+      join_if_started();
+      task_ = std::move(other.task_);
+      state_ = std::move(other.state_);
+    }
+    return *this;
+  }
+  Process(const Process&) = delete;
+  Process& operator=(const Process&) = delete;
+
+  /// Joins a started child (see the class comment).
+  ~Process() { join_if_started(); }
+
+  /// Forks the child, which runs the callable. Throws procpool::Error if already started, or if
+  /// the pipe or the fork fails (e.g. RLIMIT_NPROC, EMFILE), in which case no child exists.
+  void start() {
+    if (!task_) throw Error("procpool::Process::start: this process was already started (a Process runs once)");
+    auto state = std::make_unique<State>();
+    detail::Pipe pipe = detail::make_pipe();
+    const int reply_fd = pipe.write.get();
+    detail::ProcessTask<R>* task = task_.get();
+    state->pid = detail::fork_child(
+        [task, reply_fd]() -> int {
+          detail::Buffer reply;
+          task->run(reply);
+          // The parent may be gone: then EPIPE (or SIGPIPE) ends us, which is what we want.
+          return detail::write_all(reply_fd, reply.data(), reply.size()) == 0 ? 0 : 1;
+        },
+        {reply_fd});
+    pipe.write.reset();
+    detail::set_nonblocking(pipe.read.get(), true);
+    state->reply = std::move(pipe.read);
+    state->pidfd = detail::open_pidfd(state->pid);
+    state_ = std::move(state);
+    task_.reset();  // the callable's state now lives in the child; free ours
+  }
+
+  /// Waits until the child has ended, collecting its reply meanwhile (so a large result never
+  /// deadlocks), and reaps it. Throws procpool::Error if the process was never started.
+  void join() { (void)wait(std::nullopt); }
+
+  /// Like join() but gives up after `timeout`; returns true if the child has ended.
+  template <class Rep, class Period>
+  [[nodiscard]] bool join_for(std::chrono::duration<Rep, Period> timeout) {
+    return wait(std::chrono::duration_cast<std::chrono::nanoseconds>(timeout));
+  }
+
+  /// nullopt while the child runs (or before start), else its exit code, or -signal if a signal
+  /// killed it (Python's convention). Reaps the child if it has ended.
+  [[nodiscard]] std::optional<int> exitcode() const {
+    if (state_) state_->poll_exit();
+    return state_ ? state_->exitcode : std::nullopt;
+  }
+
+  /// The child's process id, or -1 before start().
+  [[nodiscard]] pid_t pid() const noexcept { return state_ ? state_->pid : -1; }
+
+  /// True between start() and the child's end.
+  [[nodiscard]] bool is_alive() const {
+    if (!state_) return false;
+    state_->poll_exit();
+    return !state_->exitcode.has_value();
+  }
+
+  /// Asks the child to stop with SIGTERM (a no-op once it has ended).
+  void terminate() { signal(SIGTERM); }
+  /// Stops the child at once with SIGKILL (a no-op once it has ended).
+  void kill() { signal(SIGKILL); }
+
+  /// Joins, then returns the child's result. Throws RemoteError if the callable threw, and
+  /// ProcessError if the child was killed or exited before returning a result.
+  R get() {
+    join();
+    const State& s = *state_;
+    const std::string who = "procpool::Process: the child process " + std::to_string(s.pid);
+    if (s.reply_bytes.size() > 0) {
+      try {
+        Decoder in(s.reply_bytes.view());
+        const auto kind = decode_as<detail::ReplyKind>(in);
+        if (kind == detail::ReplyKind::exception) {
+          auto info = decode_as<detail::RemoteException>(in);
+          throw detail::make_remote_error(info, who);
+        }
+        if (kind == detail::ReplyKind::value) {
+          if constexpr (std::is_void_v<R>) {
+            return;
+          } else {
+            R result = decode_as<R>(in);
+            if (in.remaining() == 0) return result;
+          }
+        }
+      } catch (const DecodeError&) {
+        // An incomplete reply: the child died while writing it; reported below with its cause.
+      }
+    }
+    const int code = *s.exitcode;
+    if (code == 0)
+      throw ProcessError(who + " exited with code 0 without returning a result (did it call exit(0)?)", code);
+    throw ProcessError(who + " " + detail::describe_ending(code) + " before returning a result", code);
+  }
+
+ private:
+  struct State {
+    pid_t pid = -1;
+    detail::Fd reply;
+    detail::Fd pidfd;
+    detail::Buffer reply_bytes;
+    std::optional<int> exitcode;
+
+    /// Reads what is available without blocking; returns false at end-of-file.
+    bool read_available() {
+      while (reply) {
+        constexpr std::size_t chunk = 1 << 16;
+        std::byte* dst = reply_bytes.grow(chunk);
+        const ssize_t n = detail::read_some(reply.get(), dst, chunk);
+        reply_bytes.resize(reply_bytes.size() - chunk + (n > 0 ? static_cast<std::size_t>(n) : 0));
+        if (n > 0) continue;
+        if (n < 0 && errno == EAGAIN) return true;
+        reply.reset();  // end-of-file (or an error, which ends the reply just the same)
+      }
+      return false;
+    }
+
+    void reap(int options) {
+      if (exitcode) return;
+      int status = 0;
+      if (detail::waitpid_retry(pid, &status, options) == pid) {
+        exitcode = detail::exitcode_from_status(status);
+        pidfd.reset();
+      }
+    }
+
+    void poll_exit() { reap(WNOHANG); }
+  };
+
+  /// Collects the reply until the child ends or the deadline passes; true if it ended.
+  bool wait(std::optional<std::chrono::nanoseconds> timeout) {
+    if (!state_) throw Error("procpool::Process: join() or get() before start(): start the process first");
+    State& s = *state_;
+    const auto deadline = std::chrono::steady_clock::now() + timeout.value_or(std::chrono::nanoseconds{0});
+    while (!s.exitcode) {
+      const bool open = s.read_available();
+      if (!open && !s.pidfd) {
+        s.reap(0);  // no pidfd (old kernel): end-of-file is our signal that the child is ending
+        break;
+      }
+      int wait_ms = -1;
+      if (timeout) {
+        const auto left = deadline - std::chrono::steady_clock::now();
+        if (left <= std::chrono::nanoseconds{0}) {
+          s.poll_exit();
+          break;
+        }
+        wait_ms = static_cast<int>(std::chrono::ceil<std::chrono::milliseconds>(left).count());
+      }
+      pollfd fds[2] = {{s.pidfd.get(), POLLIN, 0}, {s.reply.get(), POLLIN, 0}};
+      // A negative fd is ignored by poll: a closed reply or a missing pidfd simply drops out.
+      detail::poll_retry(fds, 2, wait_ms);
+      if (fds[0].revents != 0) {
+        s.read_available();  // whatever the child wrote before it ended is in the pipe now
+        s.reap(0);
+      }
+    }
+    if (s.exitcode) s.read_available();
+    return s.exitcode.has_value();
+  }
+
+  void signal(int sig) {
+    if (!state_) return;
+    State& s = *state_;
+    s.poll_exit();
+    if (s.exitcode) return;
+    // Before reaping, the pid cannot be reused, so kill() on it is race-free here; the pidfd
+    // route is preferred anyway where it exists.
+#ifdef SYS_pidfd_send_signal
+    if (s.pidfd && ::syscall(SYS_pidfd_send_signal, s.pidfd.get(), sig, nullptr, 0) == 0) return;
+#endif
+    ::kill(s.pid, sig);
+  }
+
+  void join_if_started() noexcept {
+    if (!state_) return;
+    try {
+      join();
+    } catch (...) {
+      // A destructor must not throw; join() only throws for a process never started.
+    }
+  }
+
+  std::unique_ptr<detail::ProcessTask<R>> task_;
+  std::unique_ptr<State> state_;  // exists once started; mutable state behind a const-callable poll
+};
+
+template <class F, class... Args>
+Process(F, Args...) -> Process<std::invoke_result_t<std::decay_t<F>&, std::decay_t<Args>&...>>;
+
+}  // namespace procpool

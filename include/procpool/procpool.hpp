@@ -1,0 +1,9 @@
+// procpool: Python's multiprocessing (Process, Pool.map) for C++20 on Linux.
+// The umbrella header: include this one, or the individual headers below.
+#pragma once
+
+#include "codec.hpp"
+#include "error.hpp"
+#include "pool.hpp"
+#include "process.hpp"
+#include "version.hpp"
