@@ -1,0 +1,227 @@
+// Helpers shared by procpool's tests: counting descriptors and children, and running a test body
+// in a forked helper process when it changes process-wide state (rlimits, stdout, uid, timers).
+// Header-only; everything lives in namespace procpool_test.
+#pragma once
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace procpool_test {
+
+/// The descriptors open in this process (from /proc/self/fd), without the one used to list them.
+inline std::vector<int> open_fds() {
+  std::vector<int> fds;
+  DIR* dir = ::opendir("/proc/self/fd");
+  if (dir == nullptr) return fds;
+  const int own = ::dirfd(dir);
+  while (const dirent* entry = ::readdir(dir)) {
+    if (entry->d_name[0] == '.') continue;
+    const int fd = std::atoi(entry->d_name);
+    if (fd != own) fds.push_back(fd);
+  }
+  ::closedir(dir);
+  return fds;
+}
+
+/// How many descriptors are open in this process (see open_fds).
+inline int open_fd_count() { return static_cast<int>(open_fds().size()); }
+
+/// One process that is a child of this one, as /proc/<pid>/stat describes it.
+struct ChildInfo {
+  pid_t pid;
+  char state;  // 'R', 'S', 'Z' (zombie: ended, not yet reaped), ...
+};
+
+/// Every process whose parent is this process, zombies included.
+inline std::vector<ChildInfo> child_infos() {
+  std::vector<ChildInfo> children;
+  const pid_t self = ::getpid();
+  DIR* dir = ::opendir("/proc");
+  if (dir == nullptr) return children;
+  while (const dirent* entry = ::readdir(dir)) {
+    if (entry->d_name[0] < '0' || entry->d_name[0] > '9') continue;
+    std::ifstream in(std::string("/proc/") + entry->d_name + "/stat");
+    std::string line;
+    if (!std::getline(in, line)) continue;  // it ended meanwhile
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so parse after the last ')'.
+    const auto close = line.rfind(')');
+    if (close == std::string::npos) continue;
+    std::istringstream rest(line.substr(close + 1));
+    char state = '?';
+    long ppid = -1;
+    rest >> state >> ppid;
+    if (ppid == self) children.push_back({static_cast<pid_t>(std::atol(entry->d_name)), state});
+  }
+  ::closedir(dir);
+  return children;
+}
+
+/// The pids of this process's children, zombies included: empty means "no child remains".
+inline std::vector<pid_t> child_pids() {
+  std::vector<pid_t> pids;
+  for (const ChildInfo& c : child_infos()) pids.push_back(c.pid);
+  return pids;
+}
+
+/// The pids of this process's children that have ended but were never reaped.
+inline std::vector<pid_t> zombie_children() {
+  std::vector<pid_t> pids;
+  for (const ChildInfo& c : child_infos())
+    if (c.state == 'Z') pids.push_back(c.pid);
+  return pids;
+}
+
+/// Exit code of run_isolated when the body threw.
+inline constexpr int kIsolatedBodyThrew = 100;
+
+/// Runs `body` in a forked helper process and returns its waitpid status; the helper ends with
+/// _exit(body()) and never returns into the test framework (an exception ends it with
+/// _exit(kIsolatedBodyThrew)). For tests that change process-wide state. A body reports a failed
+/// check by returning a distinct non-zero code (see fail()).
+inline int run_isolated(const std::function<int()>& body) {
+  std::cout.flush();
+  std::cerr.flush();
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    int code = kIsolatedBodyThrew;
+    try {
+      code = body();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "run_isolated: the body threw: %s\n", e.what());
+    } catch (...) {
+      std::fprintf(stderr, "run_isolated: the body threw a non-std exception\n");
+    }
+    std::cout.flush();
+    std::fflush(nullptr);
+    ::_exit(code);
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return status;
+}
+
+/// A waitpid status in words, for test messages: "exited with code 3" or "killed by signal 9".
+inline std::string describe_status(int status) {
+  if (WIFEXITED(status)) return "exited with code " + std::to_string(WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) return "killed by signal " + std::to_string(WTERMSIG(status));
+  return "status " + std::to_string(status);
+}
+
+/// In an isolated body: says which check failed (on stderr, which ctest shows) and returns `code`.
+inline int fail(int code, const std::string& what) {
+  std::fprintf(stderr, "isolated check %d failed: %s\n", code, what.c_str());
+  std::fflush(stderr);
+  return code;
+}
+
+/// Redirects fd 1 to a temporary file or to a pipe for its lifetime and reads back what was
+/// written. Meant for isolated bodies (it changes fd 1 for the whole process).
+class StdoutCapture {
+ public:
+  enum class Kind { file, pipe };
+
+  explicit StdoutCapture(Kind kind = Kind::file) : kind_(kind) {
+    std::cout.flush();
+    std::fflush(stdout);
+    saved_ = ::dup(1);
+    int target = -1;
+    if (kind == Kind::file) {
+      char path[] = "/tmp/procpool-test-stdout-XXXXXX";
+      target = ::mkstemp(path);
+      ::unlink(path);
+      read_fd_ = ::dup(target);
+    } else {
+      int p[2] = {-1, -1};
+      if (::pipe(p) == 0) {
+        read_fd_ = p[0];
+        target = p[1];
+        ::fcntl(read_fd_, F_SETFL, O_NONBLOCK);
+      }
+    }
+    ::dup2(target, 1);
+    ::close(target);
+  }
+  StdoutCapture(const StdoutCapture&) = delete;
+  StdoutCapture& operator=(const StdoutCapture&) = delete;
+  ~StdoutCapture() {
+    restore();
+    if (read_fd_ >= 0) ::close(read_fd_);
+  }
+
+  /// Everything written to fd 1 so far (this process's own buffers are not flushed first: call
+  /// this after the check you want, e.g. after a child has ended). Reading a pipe consumes it.
+  std::string text() {
+    if (kind_ == Kind::file) {
+      std::string out;
+      char buf[4096];
+      off_t at = 0;
+      for (ssize_t n; (n = ::pread(read_fd_, buf, sizeof buf, at)) > 0; at += n) out.append(buf, static_cast<std::size_t>(n));
+      return out;
+    }
+    char buf[4096];
+    for (ssize_t n; (n = ::read(read_fd_, buf, sizeof buf)) > 0;) piped_.append(buf, static_cast<std::size_t>(n));
+    return piped_;
+  }
+
+  /// Puts the original fd 1 back (after flushing what is buffered for the capture).
+  void restore() {
+    if (saved_ < 0) return;
+    std::cout.flush();
+    std::fflush(stdout);
+    ::dup2(saved_, 1);
+    ::close(saved_);
+    saved_ = -1;
+  }
+
+ private:
+  Kind kind_;
+  int saved_ = -1;
+  int read_fd_ = -1;
+  std::string piped_;
+};
+
+/// How many times `needle` occurs in `haystack`.
+inline int count_occurrences(const std::string& haystack, const std::string& needle) {
+  int n = 0;
+  for (auto at = haystack.find(needle); at != std::string::npos; at = haystack.find(needle, at + needle.size())) ++n;
+  return n;
+}
+
+/// Sets a signal's disposition to SIG_DFL for its lifetime. Catch2 installs handlers for SIGTERM,
+/// SIGSEGV, SIGABRT, ... that a forked child inherits; a test that kills a child with one of them
+/// uses this so the child dies quietly instead of printing a Catch2 failure report first.
+class DefaultSignal {
+ public:
+  explicit DefaultSignal(int sig) : sig_(sig) {
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    ::sigaction(sig_, &dfl, &old_);
+  }
+  DefaultSignal(const DefaultSignal&) = delete;
+  DefaultSignal& operator=(const DefaultSignal&) = delete;
+  ~DefaultSignal() { ::sigaction(sig_, &old_, nullptr); }
+
+ private:
+  int sig_;
+  struct sigaction old_ {};
+};
+
+}  // namespace procpool_test
