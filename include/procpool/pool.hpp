@@ -43,7 +43,7 @@ struct PoolOptions {
   std::chrono::milliseconds task_timeout{0};
   /// Runs once in each worker (and each replacement) before its first task, e.g. to open a
   /// per-worker resource. If it throws, the pool is broken: calls fail with procpool::Error.
-  std::function<void()> initializer;
+  std::function<void()> initializer{};
 };
 
 /// Per-call settings of map, try_map and imap.
@@ -52,7 +52,7 @@ struct MapOptions {
   std::size_t chunk_size = 0;
   /// Called as outcomes arrive with (items done, total items; 0 while unknown). It runs on the
   /// thread waiting on the pool and must not call into the pool.
-  std::function<void(std::size_t done, std::size_t total)> on_progress;
+  std::function<void(std::size_t done, std::size_t total)> on_progress{};
 };
 
 /// The outcome of one item: its value, or the exception that replaced it.
@@ -319,6 +319,11 @@ template <class R>
 class Future {
  public:
   Future() = default;
+  Future(Future&&) noexcept = default;
+  Future& operator=(Future&&) noexcept = default;
+  /// Move-only, like std::future: the result is taken once.
+  Future(const Future&) = delete;
+  Future& operator=(const Future&) = delete;
 
   /// True if this Future refers to a task whose result has not been taken yet.
   [[nodiscard]] bool valid() const noexcept { return state_ != nullptr; }

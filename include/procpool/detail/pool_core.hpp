@@ -376,12 +376,12 @@ class PoolCore {
     }
     set_nonblocking(control_.get(), true);
     started_ = true;
-    for (const auto& w : workers_) {
-      if (w.state != WorkerState::running) {
-        const std::string why = spawn_error_;
-        shutdown_after_failed_start();
-        throw Error("procpool::Pool: cannot start worker " + std::to_string(w.index) + ": " + why);
-      }
+    // A worker that could not be forked fails the construction. (One whose initializer failed
+    // does not: the pool is then constructed broken, and its calls say why.)
+    if (!spawn_error_.empty() && !broken_) {
+      const std::string why = spawn_error_;
+      shutdown_after_failed_start();
+      throw Error("procpool::Pool: cannot start the pool's workers: " + why);
     }
   }
 
@@ -871,8 +871,10 @@ class PoolCore {
         if (m.index < 0 || static_cast<std::size_t>(m.index) >= workers_.size()) return;
         Worker& w = workers_[static_cast<std::size_t>(m.index)];
         w.state = WorkerState::vacant;
-        spawn_error_ = std::string("fork failed: ") + std::strerror(m.value) +
-                       (m.value == EAGAIN ? " (the process limit RLIMIT_NPROC or the system's pid limit is reached)" : "");
+        spawn_error_ = std::string("the zygote could not create a worker: ") + std::strerror(m.value) +
+                       (m.value == EAGAIN   ? " (the process limit RLIMIT_NPROC or the system's pid limit is reached)"
+                        : m.value == EMFILE ? " (the open-file limit RLIMIT_NOFILE is reached)"
+                                            : "");
         if (started_) no_workers_left_check();
         break;
       }
