@@ -3,7 +3,6 @@
 
 #include <fcntl.h>
 #include <poll.h>
-#include <signal.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -136,7 +135,8 @@ inline void set_nonblocking(int fd, bool on) {
 
 /// Writes all n bytes to a blocking fd, retrying EINTR and short writes.
 /// Returns 0 on success or the errno that stopped it (EPIPE when the reader is gone).
-/// Callers must have SIGPIPE blocked or ignored in the writing thread (see SigpipeGuard).
+/// Used only in children, where a SIGPIPE from a vanished parent may end the process; the parent
+/// writes to workers with send(MSG_NOSIGNAL) instead.
 [[nodiscard]] inline int write_all(int fd, const void* data, std::size_t n) noexcept {
   const auto* p = static_cast<const char*>(data);
   while (n > 0) {
@@ -202,39 +202,5 @@ inline pid_t waitpid_retry(pid_t pid, int* status, int options) noexcept {
 #endif
   return Fd();
 }
-
-/// Blocks SIGPIPE in the calling thread for its lifetime, so a write to a dead child's pipe fails
-/// with EPIPE instead of killing the process; a SIGPIPE raised meanwhile is consumed, the
-/// thread's mask is restored, and the process-wide disposition is never touched.
-class SigpipeGuard {
- public:
-  SigpipeGuard() noexcept {
-    sigset_t pipe_only;
-    sigemptyset(&pipe_only);
-    sigaddset(&pipe_only, SIGPIPE);
-    sigset_t pending;
-    sigpending(&pending);
-    was_pending_ = sigismember(&pending, SIGPIPE) == 1;
-    pthread_sigmask(SIG_BLOCK, &pipe_only, &old_);
-  }
-  SigpipeGuard(const SigpipeGuard&) = delete;
-  SigpipeGuard& operator=(const SigpipeGuard&) = delete;
-  ~SigpipeGuard() {
-    if (!was_pending_) {
-      // Consume only a SIGPIPE our writes raised; one that was pending before is the caller's.
-      sigset_t pipe_only;
-      sigemptyset(&pipe_only);
-      sigaddset(&pipe_only, SIGPIPE);
-      const timespec zero{0, 0};
-      while (sigtimedwait(&pipe_only, nullptr, &zero) == SIGPIPE) {
-      }
-    }
-    pthread_sigmask(SIG_SETMASK, &old_, nullptr);
-  }
-
- private:
-  sigset_t old_{};
-  bool was_pending_ = false;
-};
 
 }  // namespace procpool::detail

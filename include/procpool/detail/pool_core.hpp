@@ -265,10 +265,9 @@ class PoolCore {
     int index = 0;
     pid_t pid = -1;
     WorkerState state = WorkerState::vacant;
-    Fd task;
-    Fd result;
+    Fd channel;  // a stream socket to the worker: tasks out, results in
     Fd pidfd;
-    Buffer out;  // bytes not yet written to the task pipe
+    Buffer out;  // bytes not yet written to the channel
     std::size_t out_sent = 0;
     FrameParser in;
     std::deque<std::uint64_t> in_flight;  // chunk ids, in the order sent
@@ -284,8 +283,7 @@ class PoolCore {
     std::chrono::steady_clock::time_point next_spawn_attempt{};
 
     void close() {
-      task.reset();
-      result.reset();
+      channel.reset();
       pidfd.reset();
     }
   };
@@ -352,7 +350,7 @@ class PoolCore {
     zygote_setup_.cpus = settings_.cpus;
     zygote_setup_.timed = settings_.task_timeout.count() > 0;
     zygote_setup_.initializer = &settings_.initializer;
-    zygote_setup_.pipe_size = 1 << 20;
+    zygote_setup_.buffer_size = 1 << 20;
     const int zygote_end = theirs.get();
     const ZygoteSetup* setup = &zygote_setup_;
     zygote_pid_ = fork_child([zygote_end, setup] { return zygote_main(zygote_end, *setup); }, {zygote_end});
@@ -427,16 +425,13 @@ class PoolCore {
     fds.push_back({wake_.get(), POLLIN, 0});
     owner.push_back({-2, 0});
     for (auto& w : workers_) {
-      if (w.result) {
-        fds.push_back({w.result.get(), POLLIN, 0});
+      if (w.channel) {
+        const short events = static_cast<short>(POLLIN | (w.out.size() > w.out_sent ? POLLOUT : 0));
+        fds.push_back({w.channel.get(), events, 0});
         owner.push_back({w.index, w.generation});
       }
       if (w.pidfd) {
         fds.push_back({w.pidfd.get(), POLLIN, 0});
-        owner.push_back({w.index, w.generation});
-      }
-      if (w.task && w.out.size() > w.out_sent) {
-        fds.push_back({w.task.get(), POLLOUT, 0});
         owner.push_back({w.index, w.generation});
       }
     }
@@ -470,8 +465,10 @@ class PoolCore {
       } else {
         Worker& w = workers_[static_cast<std::size_t>(owner[k].worker)];
         if (w.generation != owner[k].generation) continue;  // an event of a worker already replaced
-        if (fds[k].fd == w.task.get() && (fds[k].revents & (POLLOUT | POLLERR)) != 0) flush(w);
-        if (fds[k].fd == w.result.get() || fds[k].fd == w.pidfd.get()) read_results(w, fds[k].fd == w.pidfd.get());
+        const bool on_channel = fds[k].fd == w.channel.get();
+        if (on_channel && (fds[k].revents & POLLOUT) != 0) flush(w);
+        if ((on_channel && (fds[k].revents & (POLLIN | POLLHUP | POLLERR)) != 0) || fds[k].fd == w.pidfd.get())
+          read_results(w, /*process_ended=*/!on_channel);
       }
     }
     check_timeouts();
@@ -573,7 +570,9 @@ class PoolCore {
         b->dispatched += got;
         if (b->total_known) jobs_.at(b->job_id).undispatched -= got;
       }
-      if (got < take || (b->total_known && b->dispatched >= b->total)) {
+      // A short chunk may only mean the byte limit was reached; the input is over when nothing
+      // more came, or when a sized input has been fully dispatched.
+      if ((got == 0 && take > 0) || (b->total_known && b->dispatched >= b->total)) {
         if (!b->total_known) {
           b->total = b->dispatched;
           b->total_known = true;
@@ -625,10 +624,11 @@ class PoolCore {
   }
 
   void flush(Worker& w) {
-    if (!w.task) return;
-    SigpipeGuard no_sigpipe;
+    if (!w.channel) return;
     while (w.out_sent < w.out.size()) {
-      const ssize_t n = ::write(w.task.get(), w.out.data() + w.out_sent, w.out.size() - w.out_sent);
+      // MSG_NOSIGNAL: a dead worker's socket gives EPIPE, never a SIGPIPE in the caller.
+      const ssize_t n = ::send(w.channel.get(), w.out.data() + w.out_sent, w.out.size() - w.out_sent,
+                               MSG_NOSIGNAL | MSG_DONTWAIT);
       if (n > 0) {
         w.out_sent += static_cast<std::size_t>(n);
         continue;
@@ -656,17 +656,14 @@ class PoolCore {
     const FrameHeader h{FrameKind::shutdown, 0, 0, 0};
     w.out.append(&h, sizeof h);
     w.state = WorkerState::dead;  // no more work; its exit arrives through the zygote
-    SigpipeGuard no_sigpipe;
-    (void)write_all(w.task.get(), w.out.data() + w.out_sent, w.out.size() - w.out_sent);
-    w.out.clear();
-    w.out_sent = 0;
+    flush(w);
   }
 
   // ---- receiving ----------------------------------------------------------------------------
 
   void read_results(Worker& w, bool process_ended) {
     bool eof = false;
-    while (w.result) {
+    while (w.channel) {
       constexpr std::size_t kRead = std::size_t{1} << 20;
       std::byte* dst = nullptr;
       try {
@@ -678,7 +675,7 @@ class PoolCore {
                        std::to_string(w.in.pending()) + " bytes received so far)");
         return;
       }
-      const ssize_t n = read_some(w.result.get(), dst, kRead);
+      const ssize_t n = read_some(w.channel.get(), dst, kRead);
       w.in.commit(kRead, n > 0 ? static_cast<std::size_t>(n) : 0);
       if (n > 0) {
         if (!consume_frames(w)) return;
@@ -691,8 +688,7 @@ class PoolCore {
     if (eof || process_ended) {
       // Everything the worker wrote before it ended has been read; its exit status comes from the zygote.
       if (process_ended && !eof) consume_frames(w);
-      w.result.reset();
-      w.task.reset();
+      w.channel.reset();
       w.pidfd.reset();
       if (w.state == WorkerState::running) w.state = WorkerState::dead;
       maybe_finish_death(w);
@@ -835,7 +831,7 @@ class PoolCore {
       case ZygoteMessage::Op::spawned: {
         if (m.index < 0 || static_cast<std::size_t>(m.index) >= workers_.size()) return;
         Worker& w = workers_[static_cast<std::size_t>(m.index)];
-        if (fds.size() < 2) {
+        if (fds.empty()) {
           // The descriptors did not arrive (we are at RLIMIT_NOFILE: the kernel drops them). The
           // worker sees its pipes close and exits; try again later.
           w.state = WorkerState::vacant;
@@ -844,11 +840,9 @@ class PoolCore {
           return;
         }
         w.pid = m.pid;
-        w.task = std::move(fds[0]);
-        w.result = std::move(fds[1]);
-        if (fds.size() > 2) w.pidfd = std::move(fds[2]);
-        set_nonblocking(w.task.get(), true);
-        set_nonblocking(w.result.get(), true);
+        w.channel = std::move(fds[0]);
+        if (fds.size() > 1) w.pidfd = std::move(fds[1]);
+        set_nonblocking(w.channel.get(), true);
         w.state = WorkerState::running;
         ++w.generation;
         w.in = FrameParser{};
@@ -882,7 +876,7 @@ class PoolCore {
         for (auto& w : workers_) {
           if (w.pid == m.pid && !w.exit_status) {
             w.exit_status = m.value;
-            if (w.result) read_results(w, /*process_ended=*/true);  // drains, then finishes the death
+            if (w.channel) read_results(w, /*process_ended=*/true);  // drains, then finishes the death
             else maybe_finish_death(w);
             break;
           }
@@ -898,7 +892,7 @@ class PoolCore {
   /// exit status: then the item it was running is blamed, its other chunks re-queued, and a
   /// replacement requested.
   void maybe_finish_death(Worker& w) {
-    if (w.result || !w.exit_status || w.state == WorkerState::vacant || w.state == WorkerState::spawning) return;
+    if (w.channel || !w.exit_status || w.state == WorkerState::vacant || w.state == WorkerState::spawning) return;
     const int code = exitcode_from_status(*w.exit_status);
     w.exit_status.reset();
     const WorkerSlot& slot = slots_[w.index];

@@ -235,7 +235,10 @@ inline void send_frame_or_exit(int fd, const Buffer& frame) {
 }
 
 /// The worker's main loop: run the initializer, then jobs and chunks until shutdown or end-of-file.
-inline int worker_main(int task_fd, int result_fd, const WorkerSetup& setup) {
+/// `channel` is the worker's end of a stream socket: tasks come in, results go out.
+inline int worker_main(int channel, const WorkerSetup& setup) {
+  const int task_fd = channel;
+  const int result_fd = channel;
   if (setup.cpu >= 0) {
     cpu_set_t set;
     CPU_ZERO(&set);
@@ -243,8 +246,7 @@ inline int worker_main(int task_fd, int result_fd, const WorkerSetup& setup) {
     // A cpuset that changed since the pool started may forbid the CPU: then run unpinned.
     (void)::sched_setaffinity(0, sizeof set, &set);
   }
-  set_nonblocking(task_fd, true);
-  set_nonblocking(result_fd, false);
+  set_nonblocking(channel, true);  // reads spin before they block; write_all waits out EAGAIN
 
   Buffer frame;
   if (setup.initializer != nullptr && *setup.initializer) {

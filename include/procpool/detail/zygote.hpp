@@ -30,7 +30,7 @@ namespace procpool::detail {
 struct ZygoteMessage {
   enum class Op : std::uint32_t {
     spawn = 1,         // parent -> zygote: fork worker `index`
-    spawned = 2,       // zygote -> parent: worker `index` is `pid`; fds: task write end, result read end, pidfd
+    spawned = 2,       // zygote -> parent: worker `index` is `pid`; fds: the parent's end of its channel, its pidfd
     spawn_failed = 3,  // zygote -> parent: fork or pipe failed with errno `value`
     exited = 4,        // zygote -> parent: worker `pid` ended with waitpid status `value`
   };
@@ -98,7 +98,7 @@ struct ZygoteSetup {
   std::vector<int> cpus;  // worker i is pinned to cpus[i % size]; empty: not pinned
   bool timed = false;
   const std::function<void()>* initializer = nullptr;
-  int pipe_size = 0;  // F_SETPIPE_SZ for the worker pipes, 0 to leave the default
+  int buffer_size = 0;  // SO_SNDBUF / SO_RCVBUF of the worker sockets, 0 to leave the default
 };
 
 /// The zygote's main loop. Ends when the parent closes the control socket (or dies): then it kills
@@ -147,11 +147,19 @@ inline int zygote_main(int control, const ZygoteSetup& setup) {
     if (request->op != ZygoteMessage::Op::spawn) continue;
     const int index = request->index;
     try {
-      Pipe task = make_pipe();
-      Pipe result = make_pipe();
-      if (setup.pipe_size > 0) {
-        (void)::fcntl(task.write.get(), F_SETPIPE_SZ, setup.pipe_size);
-        (void)::fcntl(result.write.get(), F_SETPIPE_SZ, setup.pipe_size);
+      // One stream socket per worker carries tasks one way and results the other. Sockets, not
+      // pipes: send(MSG_NOSIGNAL) spares the parent SIGPIPE without touching its signal mask, and
+      // local sockets move bulk data faster than pipes.
+      int sv[2];
+      if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+        throw system_error("procpool: cannot create a worker's socket", errno);
+      Fd parent_end(sv[0]);
+      Fd worker_end(sv[1]);
+      if (setup.buffer_size > 0) {
+        for (const int fd : sv) {
+          (void)::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &setup.buffer_size, sizeof setup.buffer_size);
+          (void)::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &setup.buffer_size, sizeof setup.buffer_size);
+        }
       }
       WorkerSetup ws;
       ws.index = index;
@@ -159,15 +167,15 @@ inline int zygote_main(int control, const ZygoteSetup& setup) {
       ws.slot = &setup.slots[static_cast<std::size_t>(index)];
       ws.timed = setup.timed;
       ws.initializer = setup.initializer;
-      const int task_read = task.read.get();
-      const int result_write = result.write.get();
-      const pid_t pid = fork_child([&] { return worker_main(task_read, result_write, ws); },
-                                   {task_read, result_write}, ForkOptions{.die_with_parent = true});
+      const int channel = worker_end.get();
+      const pid_t pid = fork_child([&] { return worker_main(channel, ws); }, {channel},
+                                   ForkOptions{.die_with_parent = true});
+      worker_end.reset();
       Fd pidfd = open_pidfd(pid);
       Fd pidfd_for_parent(pidfd ? ::fcntl(pidfd.get(), F_DUPFD_CLOEXEC, 0) : -1);
-      const int passed[3] = {task.write.get(), result.read.get(), pidfd_for_parent.get()};
+      const int passed[2] = {parent_end.get(), pidfd_for_parent.get()};
       send_message(control, {ZygoteMessage::Op::spawned, index, pid, 0},
-                   std::span<const int>(passed, pidfd_for_parent ? 3 : 2));
+                   std::span<const int>(passed, pidfd_for_parent ? 2 : 1));
       children.push_back({pid, std::move(pidfd)});
     } catch (const SystemError& e) {
       send_message(control, {ZygoteMessage::Op::spawn_failed, index, -1, e.error_number()});
