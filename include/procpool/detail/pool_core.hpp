@@ -442,16 +442,29 @@ class PoolCore {
       timeout_ms = timeout_ms < 0 ? left_ms : std::min(timeout_ms, left_ms);
     }
 
+    // Spin briefly first, when a worker owes us results: they are often microseconds away, and
+    // a blocking sleep costs a cross-core wake-up of tens of microseconds. The spin watches the
+    // workers' write counters in shared memory, so it makes no system call.
+    std::vector<std::pair<const std::atomic<std::uint64_t>*, std::uint64_t>> counters;
+    for (const auto& w : workers_)
+      if (w.state == WorkerState::running && !w.in_flight.empty())
+        counters.emplace_back(&slots_[w.index].to_parent, slots_[w.index].to_parent.load(std::memory_order_acquire));
+
     lock.unlock();
-    // Spin briefly first: a result is often microseconds away, and a blocking sleep costs a
-    // cross-core wake-up of tens of microseconds.
     int ready = 0;
-    const auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds{30};
-    do {
+    if (!counters.empty()) {
+      const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds{50};
+      bool moved = false;
+      for (unsigned k = 1; !moved; ++k) {
+        for (const auto& [counter, seen] : counters) moved = moved || counter->load(std::memory_order_acquire) != seen;
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+        if (k % 64 == 0 && std::chrono::steady_clock::now() >= until) break;
+        if (k % 1024 == 0) ::sched_yield();
+      }
       ready = ::poll(fds.data(), fds.size(), 0);
-      // Yield while spinning: a worker pinned to this CPU may be the one about to answer.
-      if (ready == 0) ::sched_yield();
-    } while (ready == 0 && std::chrono::steady_clock::now() < spin_until);
+    }
     if (ready == 0) ready = poll_retry(fds.data(), fds.size(), timeout_ms);
     lock.lock();
 
@@ -631,6 +644,7 @@ class PoolCore {
                                MSG_NOSIGNAL | MSG_DONTWAIT);
       if (n > 0) {
         w.out_sent += static_cast<std::size_t>(n);
+        slots_[w.index].to_worker.fetch_add(1, std::memory_order_release);
         continue;
       }
       if (n < 0 && errno == EINTR) continue;
