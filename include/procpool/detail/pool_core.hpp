@@ -139,6 +139,7 @@ class PoolCore {
     if (driver_thread_ == std::this_thread::get_id())
       throw Error("procpool::Pool: called from inside a progress callback; callbacks must not use the pool");
     while (!done()) {
+      if (stopped_) throw Error("procpool::Pool: the pool was shut down while this call waited on it");
       if (driving_) {
         if (deadline)
           cv_.wait_until(lock, *deadline);
@@ -195,44 +196,45 @@ class PoolCore {
   /// them at once, failing whatever had not finished (not graceful).
   void shutdown(bool graceful) {
     {
-      std::unique_lock lock(mu_);
+      std::lock_guard lock(mu_);
       if (stopped_) return;
       closed_ = true;
       if (!graceful) terminating_ = true;
     }
-    if (graceful) {
-      wait_until([&] { return all_finished(); });
-    } else {
-      std::lock_guard lock(mu_);
+    if (graceful) wait_until([&] { return all_finished(); });
+    std::unique_lock lock(mu_);
+    if (stopped_) return;  // another thread finished the shutdown meanwhile
+    if (!graceful) {
+      terminating_ = true;
       for (auto& w : workers_) signal_worker(w, SIGKILL);
       fail_pending("the pool was terminated");
     }
-    {
-      std::lock_guard lock(mu_);
-      stopping_ = true;
-      for (auto& w : workers_) {
-        if (w.state == WorkerState::running) {
-          const FrameHeader h{FrameKind::shutdown, 0, 0, 0};
-          w.out.append(&h, sizeof h);
-          flush(w);
-        }
-      }
+    stopping_ = true;
+    // No thread may still be inside drive_once: it reads the descriptors and the shared slots
+    // that are released below.
+    wake_driver();
+    cv_.wait(lock, [&] { return !driving_; });
+    // Workers see end-of-file on their sockets and exit; the zygote, seeing end-of-file on its
+    // control socket, reaps them (killing any that linger) and exits.
+    for (auto& w : workers_) {
+      w.close();
+      w.state = WorkerState::vacant;
+      w.pid = -1;
     }
-    wait_until([&] { return workers_exited(); });
-    std::lock_guard lock(mu_);
-    control_.reset();  // the zygote sees end-of-file and exits
+    control_.reset();
     if (zygote_pid_ > 0) {
       int status = 0;
       waitpid_retry(zygote_pid_, &status, 0);
       zygote_pid_ = -1;
     }
-    for (auto& w : workers_) w.close();
     if (slots_ != nullptr) {
       ::munmap(slots_, slots_bytes_);
       slots_ = nullptr;
     }
     stopped_ = true;
+    cv_.notify_all();
   }
+
 
   /// Throws procpool::Error if no work can be submitted (closed, terminated, or broken).
   void ensure_usable() const {
@@ -1087,11 +1089,6 @@ class PoolCore {
 
   [[nodiscard]] bool all_finished() const {
     return chunks_.empty() && std::all_of(batches_.begin(), batches_.end(), [](const auto& b) { return b->source_done; });
-  }
-
-  [[nodiscard]] bool workers_exited() const {
-    if (!control_) return true;
-    return std::all_of(workers_.begin(), workers_.end(), [](const Worker& w) { return w.state == WorkerState::vacant; });
   }
 
   CoreSettings settings_;

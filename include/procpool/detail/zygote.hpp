@@ -12,7 +12,9 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <optional>
@@ -182,6 +184,24 @@ inline int zygote_main(int control, const ZygoteSetup& setup) {
     }
   }
 
+  // The pool closed our control socket, and its ends of the workers' sockets: idle workers exit
+  // by themselves at once. Give them a moment, then kill whatever still runs (a task that ignores
+  // the end of the pool, or a parent that died mid-task), so no worker outlives the pool.
+  const auto grace_end = std::chrono::steady_clock::now() + std::chrono::milliseconds{250};
+  while (!children.empty()) {
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(grace_end - std::chrono::steady_clock::now());
+    if (left.count() <= 0) break;
+    std::vector<pollfd> fds;
+    for (const Child& c : children) fds.push_back({c.pidfd.get(), POLLIN, 0});
+    if (poll_retry(fds.data(), fds.size(), static_cast<int>(std::min<std::int64_t>(left.count(), 10))) < 0) break;
+    for (std::size_t k = children.size(); k-- > 0;) {
+      int status = 0;
+      if (fds[k].revents != 0 || waitpid_retry(children[k].pid, &status, WNOHANG) == children[k].pid) {
+        if (fds[k].revents != 0) waitpid_retry(children[k].pid, &status, 0);
+        children.erase(children.begin() + static_cast<std::ptrdiff_t>(k));
+      }
+    }
+  }
   for (Child& c : children) ::kill(c.pid, SIGKILL);
   while (!children.empty()) reap(children.size() - 1, false);
   return 0;
