@@ -635,6 +635,21 @@ struct BuiltinCodec<T[N]>
 
 // ---- sequences ----
 
+/// Fills a contiguous container (vector, basic_string) with n raw elements from `bytes`. Copies
+/// straight from the input when it is suitably aligned, so a large value is neither zero-filled
+/// first (resize) nor touched twice.
+template <class Container>
+void assign_bitwise(std::span<const std::byte> bytes, std::size_t n, Container& out) {
+  using T = typename Container::value_type;
+  if (reinterpret_cast<std::uintptr_t>(bytes.data()) % alignof(T) == 0) {
+    const T* first = reinterpret_cast<const T*>(bytes.data());
+    out.assign(first, first + n);
+  } else {
+    out.resize(n);
+    if (n != 0) std::memcpy(static_cast<void*>(out.data()), bytes.data(), bytes.size());
+  }
+}
+
 template <class C, class Tr, class A>
 struct BuiltinCodec<std::basic_string<C, Tr, A>> : builtin_traits<is_bitwise_codec_v<C>, 1> {
   using S = std::basic_string<C, Tr, A>;
@@ -644,8 +659,7 @@ struct BuiltinCodec<std::basic_string<C, Tr, A>> : builtin_traits<is_bitwise_cod
   }
   static void decode(Decoder& d, S& out) {
     const std::size_t n = d.read_count(sizeof(C));
-    out.resize(n);
-    d.read_bytes(out.data(), n * sizeof(C));
+    assign_bitwise(d.take(n * sizeof(C)), n, out);
   }
 };
 
@@ -678,8 +692,7 @@ struct BuiltinCodec<std::vector<T, A>> : builtin_traits<DecodableElement<T>, 1> 
       }
     } else if constexpr (is_bitwise_codec_v<T>) {
       const std::size_t n = d.read_count(sizeof(T));
-      out.resize(n);
-      d.read_bytes(out.data(), n * sizeof(T));
+      assign_bitwise(d.take(n * sizeof(T)), n, out);
     } else {
       const std::size_t n = d.read_count(min_size_v<T>);
       out.clear();

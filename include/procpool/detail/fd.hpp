@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -152,6 +153,34 @@ inline void set_nonblocking(int fd, bool on) {
     }
     p += w;
     n -= static_cast<std::size_t>(w);
+  }
+  return 0;
+}
+
+/// Writes every byte of `parts` to a (possibly non-blocking) fd with writev, retrying EINTR and
+/// short writes, waiting out EAGAIN. Returns 0 or the errno that stopped it. `parts` is consumed.
+[[nodiscard]] inline int writev_all(int fd, iovec* parts, int count) noexcept {
+  while (count > 0) {
+    const ssize_t w = ::writev(fd, parts, count);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) {
+        pollfd pfd{fd, POLLOUT, 0};
+        ::poll(&pfd, 1, -1);
+        continue;
+      }
+      return errno;
+    }
+    auto left = static_cast<std::size_t>(w);
+    while (count > 0 && left >= parts->iov_len) {
+      left -= parts->iov_len;
+      ++parts;
+      --count;
+    }
+    if (count > 0) {
+      parts->iov_base = static_cast<char*>(parts->iov_base) + left;
+      parts->iov_len -= left;
+    }
   }
   return 0;
 }
