@@ -192,6 +192,10 @@ class Process {
         // An incomplete reply: the child died while writing it; reported below with its cause.
       }
     }
+    if (s.status_lost)
+      throw ProcessError(who + " ended without returning a result; how it ended is unknown because this process "
+                               "ignores SIGCHLD, so the kernel discarded the exit status",
+                         *s.exitcode);
     const int code = *s.exitcode;
     if (code == 0)
       throw ProcessError(who + " exited with code 0 without returning a result (did it call exit(0)?)", code);
@@ -205,6 +209,7 @@ class Process {
     detail::Fd pidfd;
     detail::Buffer reply_bytes;
     std::optional<int> exitcode;
+    bool status_lost = false;  // see reap()
 
     /// Reads what is available without blocking; returns false at end-of-file.
     bool read_available() {
@@ -223,8 +228,15 @@ class Process {
     void reap(int options) {
       if (exitcode) return;
       int status = 0;
-      if (detail::waitpid_retry(pid, &status, options) == pid) {
+      const pid_t r = detail::waitpid_retry(pid, &status, options);
+      if (r == pid) {
         exitcode = detail::exitcode_from_status(status);
+        pidfd.reset();
+      } else if (r < 0 && errno == ECHILD) {
+        // The caller ignores SIGCHLD (or set SA_NOCLDWAIT): the kernel reaped the child itself and
+        // discarded its exit status.
+        status_lost = true;
+        exitcode = 0;
         pidfd.reset();
       }
     }

@@ -353,6 +353,7 @@ class PoolCore {
     zygote_setup_.timed = settings_.task_timeout.count() > 0;
     zygote_setup_.initializer = &settings_.initializer;
     zygote_setup_.buffer_size = 1 << 20;
+    ::sigaction(SIGCHLD, nullptr, &zygote_setup_.caller_sigchld);
     const int zygote_end = theirs.get();
     const ZygoteSetup* setup = &zygote_setup_;
     zygote_pid_ = fork_child([zygote_end, setup] { return zygote_main(zygote_end, *setup); }, {zygote_end});
@@ -754,6 +755,10 @@ class PoolCore {
     w.in_flight.clear();
     w.in = FrameParser{};
     signal_worker(w, SIGKILL);
+    // It gets no more work, and whatever it still sends is not read: its death is handled when
+    // the zygote reports its exit.
+    w.close();
+    if (w.state == WorkerState::running) w.state = WorkerState::dead;
   }
 
   void handle_results(Worker& w, std::uint64_t id, std::span<const std::byte> payload) {
@@ -851,7 +856,8 @@ class PoolCore {
           // The descriptors did not arrive (we are at RLIMIT_NOFILE: the kernel drops them). The
           // worker sees its pipes close and exits; try again later.
           w.state = WorkerState::vacant;
-          spawn_error_ = "cannot receive the new worker's pipes: too many open files (RLIMIT_NOFILE)";
+          spawn_error_ = std::string("cannot receive the new worker's socket: ") + std::strerror(EMFILE) +
+                         " (the open-file limit RLIMIT_NOFILE is reached)";
           if (started_) no_workers_left_check();
           return;
         }

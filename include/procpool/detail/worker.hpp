@@ -3,6 +3,7 @@
 
 #include <poll.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/uio.h>
 #include <time.h>
 
@@ -217,6 +218,7 @@ struct WorkerSetup {
   WorkerSlot* slot = nullptr;
   bool timed = false;
   const std::function<void()>* initializer = nullptr;
+  const struct sigaction* caller_sigchld = nullptr;  // restored before user code runs
 };
 
 /// Reads exactly n bytes from a non-blocking fd, spinning briefly before blocking: a cross-core
@@ -262,6 +264,7 @@ inline int worker_main(int channel, const WorkerSetup& setup) {
     (void)::sched_setaffinity(0, sizeof set, &set);
   }
   set_nonblocking(channel, true);  // reads spin before they block; write_all waits out EAGAIN
+  if (setup.caller_sigchld != nullptr) ::sigaction(SIGCHLD, setup.caller_sigchld, nullptr);
 
   Buffer frame;
   if (setup.initializer != nullptr && *setup.initializer) {

@@ -101,6 +101,7 @@ struct ZygoteSetup {
   bool timed = false;
   const std::function<void()>* initializer = nullptr;
   int buffer_size = 0;  // SO_SNDBUF / SO_RCVBUF of the worker sockets, 0 to leave the default
+  struct sigaction caller_sigchld {};  // the caller's SIGCHLD disposition, restored in workers
 };
 
 /// The zygote's main loop. Ends when the parent closes the control socket (or dies): then it kills
@@ -113,10 +114,18 @@ inline int zygote_main(int control, const ZygoteSetup& setup) {
   std::vector<Child> children;
   std::vector<Fd> ignored;
   set_nonblocking(control, false);
+  // A caller that ignores SIGCHLD would have the kernel reap the workers and discard how they
+  // ended. The zygote is the library's own process: it restores the default here, and each worker
+  // gets the caller's disposition back before it runs user code.
+  struct sigaction default_chld {};
+  default_chld.sa_handler = SIG_DFL;
+  sigemptyset(&default_chld.sa_mask);
+  ::sigaction(SIGCHLD, &default_chld, nullptr);
 
   const auto reap = [&](std::size_t k, bool report) {
     int status = 0;
-    waitpid_retry(children[k].pid, &status, 0);
+    // Cannot fail: the zygote keeps SIGCHLD at its default, so its children wait to be reaped.
+    if (waitpid_retry(children[k].pid, &status, 0) != children[k].pid) status = 0;
     if (report) send_message(control, {ZygoteMessage::Op::exited, -1, children[k].pid, status});
     children.erase(children.begin() + static_cast<std::ptrdiff_t>(k));
   };
@@ -169,6 +178,7 @@ inline int zygote_main(int control, const ZygoteSetup& setup) {
       ws.slot = &setup.slots[static_cast<std::size_t>(index)];
       ws.timed = setup.timed;
       ws.initializer = setup.initializer;
+      ws.caller_sigchld = &setup.caller_sigchld;
       const int channel = worker_end.get();
       const pid_t pid = fork_child([&] { return worker_main(channel, ws); }, {channel},
                                    ForkOptions{.die_with_parent = true});
