@@ -1,24 +1,39 @@
-// Helpers shared by procpool's tests: counting descriptors and children, and running a test body
-// in a forked helper process when it changes process-wide state (rlimits, stdout, uid, timers).
-// Header-only; everything lives in namespace procpool_test.
+// Helpers shared by procpool's tests: counting descriptors and children, running a test body in a
+// forked helper process when it changes process-wide state (rlimits, stdout, uid, timers), a pipe
+// of ints between a test and its workers, and the small tasks and option builders many tests use.
+// Header-only; everything lives in namespace procpool_test. Parts of it run inside forked children
+// (workers, isolated bodies), so nothing here uses Catch2: helpers report failure by their result.
 #pragma once
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
+#include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <numeric>
+#include <optional>
+#include <procpool/pool.hpp>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
+
+// Defined only when UBSan's runtime (with its vptr checks) is linked in.
+extern "C" void __ubsan_handle_dynamic_type_cache_miss(void*, void*, void*) __attribute__((weak));
+extern "C" void __ubsan_handle_dynamic_type_cache_miss_abort(void*, void*, void*) __attribute__((weak));
 
 namespace procpool_test {
 
@@ -85,6 +100,12 @@ inline std::vector<pid_t> zombie_children() {
   return pids;
 }
 
+/// waitpid(pid, status, 0), retried while a signal interrupts it.
+inline void waitpid_all(pid_t pid, int* status) {
+  while (::waitpid(pid, status, 0) < 0 && errno == EINTR) {
+  }
+}
+
 /// Exit code of run_isolated when the body threw.
 inline constexpr int kIsolatedBodyThrew = 100;
 
@@ -112,8 +133,7 @@ inline int run_isolated(const std::function<int()>& body) {
     ::_exit(code);
   }
   int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
+  waitpid_all(pid, &status);
   return status;
 }
 
@@ -223,5 +243,125 @@ class DefaultSignal {
   int sig_;
   struct sigaction old_ {};
 };
+
+/// Whether UBSan's vptr checks are linked in (they reject some of what forked children do).
+inline bool ubsan_vptr_checks_present() {
+  return &__ubsan_handle_dynamic_type_cache_miss != nullptr || &__ubsan_handle_dynamic_type_cache_miss_abort != nullptr;
+}
+
+/// Whether `needle` occurs in `haystack`.
+inline bool contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+/// Whether process `pid` no longer exists (reaped, not merely ended).
+inline bool pid_gone(pid_t pid) { return ::kill(pid, 0) == -1 && errno == ESRCH; }
+
+/// In a child: die by `sig` with the default action and without a core file (the parent's
+/// handlers, e.g. Catch2's or a sanitizer's, are inherited and would otherwise run first).
+[[noreturn]] inline void die_by_signal(int sig) {
+  const rlimit no_core{0, 0};
+  ::setrlimit(RLIMIT_CORE, &no_core);
+  ::signal(sig, SIG_DFL);
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, sig);
+  ::pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+  ::raise(sig);
+  ::_exit(99);  // not reached
+}
+
+/// The signal mask of the calling thread, in words: one '0' or '1' per signal 1..NSIG-1.
+inline std::string thread_mask() {
+  sigset_t mask;
+  ::pthread_sigmask(SIG_SETMASK, nullptr, &mask);
+  std::string d;
+  for (int s = 1; s < NSIG; ++s) d += sigismember(&mask, s) == 1 ? '1' : '0';
+  return d;
+}
+
+/// A pipe carrying ints between the test and its workers or children. Create it before the Pool
+/// (or the fork): workers are forks of the process as it was when the pool was constructed, so
+/// they inherit both ends. Usable in a child: it reports failure by its results (the constructor
+/// throws std::runtime_error), so tests CHECK or REQUIRE what send returns.
+class Channel {
+ public:
+  Channel() {
+    int p[2];
+    if (::pipe2(p, O_CLOEXEC) != 0) throw std::runtime_error("pipe2 failed");
+    read_ = p[0];
+    write_ = p[1];
+  }
+  Channel(const Channel&) = delete;
+  Channel& operator=(const Channel&) = delete;
+  ~Channel() {
+    ::close(read_);
+    ::close(write_);
+  }
+  [[nodiscard]] int read_fd() const { return read_; }
+  [[nodiscard]] int write_fd() const { return write_; }
+
+  /// Writes `value` to the pipe; false if that failed.
+  [[nodiscard]] bool send(int value) const { return ::write(write_, &value, sizeof value) == static_cast<ssize_t>(sizeof value); }
+
+  /// The next int written to the pipe, or nullopt if none arrives within `timeout`.
+  [[nodiscard]] std::optional<int> receive(std::chrono::milliseconds timeout) const {
+    pollfd p{read_, POLLIN, 0};
+    int r;
+    do {
+      r = ::poll(&p, 1, static_cast<int>(timeout.count()));
+    } while (r < 0 && errno == EINTR);
+    if (r <= 0) return std::nullopt;
+    int value = 0;
+    if (::read(read_, &value, sizeof value) != static_cast<ssize_t>(sizeof value)) return std::nullopt;
+    return value;
+  }
+
+  /// Every int already in the pipe (does not wait).
+  [[nodiscard]] std::vector<int> drain() const {
+    std::vector<int> out;
+    while (const auto v = receive(std::chrono::milliseconds(0))) out.push_back(*v);
+    return out;
+  }
+
+ private:
+  int read_ = -1;
+  int write_ = -1;
+};
+
+/// PoolOptions with `n` workers, everything else default. (Not `PoolOptions{.workers = n}`: g++
+/// -Wextra warns that the designated initializer leaves `initializer` without one.)
+inline procpool::PoolOptions with_workers(std::size_t n) {
+  procpool::PoolOptions options;
+  options.workers = n;
+  return options;
+}
+
+/// PoolOptions with two workers, everything else default.
+inline procpool::PoolOptions two_workers() { return with_workers(2); }
+
+/// MapOptions with chunks of `chunk` items, everything else default.
+inline procpool::MapOptions with_chunk(std::size_t chunk) {
+  procpool::MapOptions options;
+  options.chunk_size = chunk;
+  return options;
+}
+
+/// The task most pool tests map: i squared, as a long.
+inline long square(int i) { return static_cast<long>(i) * i; }
+
+/// 0, 1, ..., n-1.
+inline std::vector<int> iota_vector(int n) {
+  std::vector<int> v(static_cast<std::size_t>(n));
+  std::iota(v.begin(), v.end(), 0);
+  return v;
+}
+
+/// square(0), ..., square(n-1): what mapping square over iota_vector(n) must give.
+inline std::vector<long> squares(int n) {
+  std::vector<long> v;
+  for (int i = 0; i < n; ++i) v.push_back(square(i));
+  return v;
+}
 
 }  // namespace procpool_test

@@ -10,21 +10,12 @@
 
 #include "support.hpp"
 
+using procpool_test::iota_vector;
+using procpool_test::two_workers;
+
 namespace {
 
 int triple(int x) { return 3 * x; }
-
-procpool::PoolOptions two_workers() {
-  procpool::PoolOptions o;
-  o.workers = 2;
-  return o;
-}
-
-std::vector<int> iota_vector(int n) {
-  std::vector<int> v(static_cast<std::size_t>(n));
-  for (int i = 0; i < n; ++i) v[static_cast<std::size_t>(i)] = i;
-  return v;
-}
 
 /// A functor whose members are all trivially copyable: it travels as its bytes.
 struct Affine {

@@ -34,10 +34,18 @@
 
 using namespace std::chrono_literals;
 using procpool_test::child_pids;
+using procpool_test::contains;
 using procpool_test::fail;
+using procpool_test::iota_vector;
 using procpool_test::open_fd_count;
 using procpool_test::open_fds;
 using procpool_test::run_isolated;
+using procpool_test::square;
+using procpool_test::squares;
+using procpool_test::ubsan_vptr_checks_present;
+using procpool_test::waitpid_all;
+using procpool_test::with_chunk;
+using procpool_test::with_workers;
 
 #if defined(__SANITIZE_ADDRESS__)
 #define PROCPOOL_TEST_ASAN 1
@@ -50,47 +58,9 @@ using procpool_test::run_isolated;
 #define PROCPOOL_TEST_ASAN 0
 #endif
 
-// Defined only when UBSan's runtime (with its vptr checks) is linked in.
-extern "C" void __ubsan_handle_dynamic_type_cache_miss(void*, void*, void*) __attribute__((weak));
-extern "C" void __ubsan_handle_dynamic_type_cache_miss_abort(void*, void*, void*) __attribute__((weak));
-
 namespace {
 
 constexpr unsigned kHangGuardSeconds = 30;
-
-bool ubsan_vptr_checks_present() {
-  return &__ubsan_handle_dynamic_type_cache_miss != nullptr || &__ubsan_handle_dynamic_type_cache_miss_abort != nullptr;
-}
-
-procpool::PoolOptions with_workers(std::size_t n) {
-  procpool::PoolOptions options;  // not a designated initializer: g++ -Wextra warns about `initializer`
-  options.workers = n;
-  return options;
-}
-
-procpool::MapOptions one_item_per_chunk() {
-  procpool::MapOptions m;
-  m.chunk_size = 1;
-  return m;
-}
-
-long square(int i) { return static_cast<long>(i) * i; }
-
-std::vector<int> iota_vector(int n) {
-  std::vector<int> v(static_cast<std::size_t>(n));
-  std::iota(v.begin(), v.end(), 0);
-  return v;
-}
-
-std::vector<long> squares(int n) {
-  std::vector<long> v;
-  for (int i = 0; i < n; ++i) v.push_back(square(i));
-  return v;
-}
-
-bool contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
 
 std::string lowercase(std::string s) {
   for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -168,8 +138,7 @@ pid_t fork_sleeper() {
 void kill_and_reap(pid_t pid) {
   ::kill(pid, SIGKILL);
   int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
+  waitpid_all(pid, &status);
 }
 
 /// Runs small maps until one succeeds with every worker in place again (vacant workers are
@@ -313,7 +282,7 @@ int respawn_under_nproc(std::size_t workers) {
   }
   const long at_limit = tasks_of_uid(uid);
 
-  const auto outcomes = pool.try_map(square_but_crash_at_zero, iota_vector(40), one_item_per_chunk());
+  const auto outcomes = pool.try_map(square_but_crash_at_zero, iota_vector(40), with_chunk(1));
   // The replacement could not have been forked, and is still missing.
   const std::size_t live_during = pool.worker_pids().size();
   kill_and_reap(sleeper);
@@ -356,7 +325,7 @@ int respawn_under_nofile(std::size_t workers) {
     std::vector<procpool::Outcome<long>> outcomes;
     std::size_t live_during = 0;
     try {
-      outcomes = pool.try_map(square_but_crash_at_zero, iota_vector(40), one_item_per_chunk());
+      outcomes = pool.try_map(square_but_crash_at_zero, iota_vector(40), with_chunk(1));
       live_during = pool.worker_pids().size();
     } catch (const std::exception& e) {
       ::setrlimit(RLIMIT_NOFILE, &old);
@@ -532,7 +501,7 @@ TEST_CASE("a result too large for the parent's address space (RLIMIT_AS) fails w
 
     int code = 0;
     try {
-      const auto outcomes = pool.try_map(huge_at_two, iota_vector(6), one_item_per_chunk());
+      const auto outcomes = pool.try_map(huge_at_two, iota_vector(6), with_chunk(1));
       if (outcomes.size() != 6) code = fail(4, "try_map returned " + std::to_string(outcomes.size()) + " outcomes");
       for (std::size_t i = 0; code == 0 && i < outcomes.size(); ++i) {
         const auto& o = outcomes[i];
@@ -550,7 +519,7 @@ TEST_CASE("a result too large for the parent's address space (RLIMIT_AS) fails w
       // worker that was given up on must get no more work, and its unread bytes must not be
       // taken for a new message).
       if (code == 0) {
-        const auto small = pool.try_map(square, iota_vector(40), one_item_per_chunk());
+        const auto small = pool.try_map(square, iota_vector(40), with_chunk(1));
         for (std::size_t i = 0; code == 0 && i < small.size(); ++i) {
           if (!small[i].has_value()) {
             try {
@@ -566,7 +535,7 @@ TEST_CASE("a result too large for the parent's address space (RLIMIT_AS) fails w
       // map throws the failure of item 2 (the lowest failed item) as procpool::Error too.
       if (code == 0) {
         try {
-          (void)pool.map(huge_at_two, iota_vector(3), one_item_per_chunk());
+          (void)pool.map(huge_at_two, iota_vector(3), with_chunk(1));
           code = fail(9, "map returned although a result cannot fit");
         } catch (const procpool::Error& e) {
           if (const auto problem = check_item_two(std::current_exception())) code = fail(10, "map threw " + *problem);

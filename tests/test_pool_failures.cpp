@@ -24,6 +24,13 @@
 
 using namespace std::chrono_literals;
 using Catch::Matchers::Contains;
+using procpool_test::Channel;
+using procpool_test::iota_vector;
+using procpool_test::pid_gone;
+using procpool_test::square;
+using procpool_test::squares;
+using procpool_test::two_workers;
+using procpool_test::with_workers;
 
 // A named namespace, so that the demangled type name travelling back is predictable.
 namespace procpool_failures {
@@ -35,52 +42,6 @@ struct Boom : std::runtime_error {
 }  // namespace procpool_failures
 
 namespace {
-
-/// A pipe whose ends the test and the workers share. Create it before the Pool: workers are
-/// forks of the process as it was when the pool was constructed, so they inherit both ends.
-class Channel {
- public:
-  Channel() {
-    int p[2];
-    REQUIRE(::pipe2(p, O_CLOEXEC) == 0);
-    read_ = p[0];
-    write_ = p[1];
-  }
-  Channel(const Channel&) = delete;
-  Channel& operator=(const Channel&) = delete;
-  ~Channel() {
-    ::close(read_);
-    ::close(write_);
-  }
-  [[nodiscard]] int read_fd() const { return read_; }
-  [[nodiscard]] int write_fd() const { return write_; }
-
-  void send(int value) const { REQUIRE(::write(write_, &value, sizeof value) == static_cast<ssize_t>(sizeof value)); }
-
-  /// The next int written to the pipe, or nullopt if none arrives within `timeout`.
-  [[nodiscard]] std::optional<int> receive(std::chrono::milliseconds timeout) const {
-    pollfd p{read_, POLLIN, 0};
-    int r;
-    do {
-      r = ::poll(&p, 1, static_cast<int>(timeout.count()));
-    } while (r < 0 && errno == EINTR);
-    if (r <= 0) return std::nullopt;
-    int value = 0;
-    if (::read(read_, &value, sizeof value) != static_cast<ssize_t>(sizeof value)) return std::nullopt;
-    return value;
-  }
-
-  /// Every int already in the pipe (does not wait).
-  [[nodiscard]] std::vector<int> drain() const {
-    std::vector<int> out;
-    while (const auto v = receive(0ms)) out.push_back(*v);
-    return out;
-  }
-
- private:
-  int read_ = -1;
-  int write_ = -1;
-};
 
 /// Ends the calling worker by `sig` with the default action, whatever handler the test framework
 /// (or a sanitizer) installed: the worker is a fork of the test process and inherited them.
@@ -131,32 +92,6 @@ struct FailAt {
     return -1;
   }
 };
-
-/// Two workers, everything else default. (Not `PoolOptions{.workers = 2}`: g++ -Wextra warns
-/// that the designated initializer leaves `initializer` without one.)
-procpool::PoolOptions with_workers(std::size_t n) {
-  procpool::PoolOptions options;
-  options.workers = n;
-  return options;
-}
-
-procpool::PoolOptions two_workers() { return with_workers(2); }
-
-long square(int i) { return static_cast<long>(i) * i; }
-
-std::vector<int> iota_vector(int n) {
-  std::vector<int> v(static_cast<std::size_t>(n));
-  std::iota(v.begin(), v.end(), 0);
-  return v;
-}
-
-std::vector<long> squares(int n) {
-  std::vector<long> v;
-  for (int i = 0; i < n; ++i) v.push_back(square(i));
-  return v;
-}
-
-bool pid_gone(pid_t pid) { return ::kill(pid, 0) == -1 && errno == ESRCH; }
 
 /// Runs small maps (which drive the pool, so replacement workers get registered) until the pool
 /// has all its workers again, for at most `limit`; each map must be right. Returns the live pids.
@@ -328,8 +263,9 @@ TEST_CASE("a worker killed from outside while it runs a long item fails exactly 
     }
   });
   const auto victim = started.receive(5s);
-  if (!victim) go.send(1);  // release the item so the thread ends, then fail
-  else {
+  if (!victim) {
+    CHECK(go.send(1));  // release the item so the thread ends, then fail
+  } else {
     const auto pids = pool.worker_pids();
     CHECK(std::find(pids.begin(), pids.end(), *victim) != pids.end());
     REQUIRE(::kill(*victim, SIGKILL) == 0);

@@ -21,28 +21,13 @@
 #include "support.hpp"
 
 using namespace std::chrono_literals;
+using procpool_test::iota_vector;
+using procpool_test::two_workers;
+using procpool_test::with_chunk;
 
 namespace {
 
 int square(int x) { return x * x; }
-
-procpool::PoolOptions two_workers() {
-  procpool::PoolOptions o;
-  o.workers = 2;
-  return o;
-}
-
-procpool::MapOptions with_chunk(std::size_t chunk) {
-  procpool::MapOptions o;
-  o.chunk_size = chunk;
-  return o;
-}
-
-std::vector<int> iota_vector(int n) {
-  std::vector<int> v(static_cast<std::size_t>(n));
-  for (int i = 0; i < n; ++i) v[static_cast<std::size_t>(i)] = i;
-  return v;
-}
 
 /// Produces 0, 1, 2, ... up to `limit` items, and counts how many were pulled.
 struct Generator {

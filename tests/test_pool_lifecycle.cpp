@@ -36,72 +36,21 @@
 
 using namespace std::chrono_literals;
 using Catch::Matchers::Contains;
+using procpool_test::Channel;
 using procpool_test::child_pids;
 using procpool_test::fail;
+using procpool_test::iota_vector;
 using procpool_test::open_fd_count;
+using procpool_test::pid_gone;
 using procpool_test::run_isolated;
+using procpool_test::square;
+using procpool_test::squares;
+using procpool_test::with_chunk;
+using procpool_test::with_workers;
 
 namespace {
 
-/// A pipe shared by the test and the workers. Create it before the Pool: workers are forks of
-/// the process as it was when the pool was constructed, so they inherit both ends.
-class Channel {
- public:
-  Channel() {
-    int p[2];
-    if (::pipe2(p, O_CLOEXEC) != 0) throw std::runtime_error("pipe2 failed");
-    read_ = p[0];
-    write_ = p[1];
-  }
-  Channel(const Channel&) = delete;
-  Channel& operator=(const Channel&) = delete;
-  ~Channel() {
-    ::close(read_);
-    ::close(write_);
-  }
-  [[nodiscard]] int read_fd() const { return read_; }
-  [[nodiscard]] int write_fd() const { return write_; }
-
-  [[nodiscard]] bool send(int value) const { return ::write(write_, &value, sizeof value) == static_cast<ssize_t>(sizeof value); }
-
-  /// The next int written to the pipe, or nullopt if none arrives within `timeout`.
-  [[nodiscard]] std::optional<int> receive(std::chrono::milliseconds timeout) const {
-    pollfd p{read_, POLLIN, 0};
-    int r;
-    do {
-      r = ::poll(&p, 1, static_cast<int>(timeout.count()));
-    } while (r < 0 && errno == EINTR);
-    if (r <= 0) return std::nullopt;
-    int value = 0;
-    if (::read(read_, &value, sizeof value) != static_cast<ssize_t>(sizeof value)) return std::nullopt;
-    return value;
-  }
-
- private:
-  int read_ = -1;
-  int write_ = -1;
-};
-
-procpool::PoolOptions with_workers(std::size_t n) {
-  procpool::PoolOptions options;  // not a designated initializer: g++ -Wextra warns about `initializer`
-  options.workers = n;
-  return options;
-}
-
-long square(int i) { return static_cast<long>(i) * i; }
 int worker_pid(int) { return ::getpid(); }
-
-std::vector<int> iota_vector(int n) {
-  std::vector<int> v(static_cast<std::size_t>(n));
-  std::iota(v.begin(), v.end(), 0);
-  return v;
-}
-
-std::vector<long> squares(int n) {
-  std::vector<long> v;
-  for (int i = 0; i < n; ++i) v.push_back(square(i));
-  return v;
-}
 
 /// The CPUs in a mask, in order.
 std::vector<int> cpus_of(const cpu_set_t& set) {
@@ -132,14 +81,6 @@ std::map<int, std::set<std::vector<int>>> masks_by_pid(const std::vector<std::pa
   for (const auto& [pid, cpus] : seen) by_pid[pid].insert(cpus);
   return by_pid;
 }
-
-procpool::MapOptions one_item_per_chunk() {
-  procpool::MapOptions m;
-  m.chunk_size = 1;
-  return m;
-}
-
-bool pid_gone(pid_t pid) { return ::kill(pid, 0) == -1 && errno == ESRCH; }
 
 /// A process is not running if it does not exist, or is a zombie that its (new) parent has not
 /// reaped yet: orphans go to whatever reaper the machine has, on its schedule.
@@ -209,7 +150,7 @@ TEST_CASE("with pin_cpus each worker is pinned to one allowed CPU, round-robin o
   options.pin_cpus = true;
   procpool::Pool pool(options);
 
-  const auto by_pid = masks_by_pid(pool.map(where_am_i, iota_vector(static_cast<int>(6 * workers)), one_item_per_chunk()));
+  const auto by_pid = masks_by_pid(pool.map(where_am_i, iota_vector(static_cast<int>(6 * workers)), with_chunk(1)));
   REQUIRE(by_pid.size() == workers);  // every worker ran items
   std::multiset<int> pinned;
   for (const auto& [pid, masks] : by_pid) {
@@ -236,7 +177,7 @@ TEST_CASE("a pool created under a single-CPU affinity mask pins every worker to 
     CPU_SET(cpu, &one);
     if (::sched_setaffinity(0, sizeof one, &one) != 0) return fail(2, "sched_setaffinity");
     procpool::Pool pool(with_workers(2));  // pin_cpus is the default
-    const auto by_pid = masks_by_pid(pool.map(where_am_i, iota_vector(12), one_item_per_chunk()));
+    const auto by_pid = masks_by_pid(pool.map(where_am_i, iota_vector(12), with_chunk(1)));
     if (by_pid.size() != 2) return fail(3, "expected items from both workers, got " + std::to_string(by_pid.size()));
     for (const auto& [pid, masks] : by_pid) {
       if (masks != std::set<std::vector<int>>{{cpu}})
@@ -254,7 +195,7 @@ TEST_CASE("with pin_cpus false workers keep the caller's full affinity mask") {
   auto options = with_workers(2);
   options.pin_cpus = false;
   procpool::Pool pool(options);
-  const auto by_pid = masks_by_pid(pool.map(where_am_i, iota_vector(12), one_item_per_chunk()));
+  const auto by_pid = masks_by_pid(pool.map(where_am_i, iota_vector(12), with_chunk(1)));
   REQUIRE(by_pid.size() == 2);
   for (const auto& [pid, masks] : by_pid) {
     INFO("worker pid " << pid);
@@ -463,7 +404,7 @@ void check_workers_die_with_owner(bool busy) {
         return i;
       };
       // imap dispatches at once, one item per chunk, without the caller waiting on it.
-      running.emplace(pool.imap(long_item, iota_vector(4), one_item_per_chunk()));
+      running.emplace(pool.imap(long_item, iota_vector(4), with_chunk(1)));
       std::set<int> busy_workers;
       while (busy_workers.size() < pool.size()) {
         const auto pid = started.receive(5s);
@@ -595,7 +536,7 @@ TEST_CASE("workers replaced while the caller's other thread holds locks and allo
     return v;
   };
   const auto t0 = std::chrono::steady_clock::now();
-  const auto outcomes = pool.try_map(task, iota_vector(60), one_item_per_chunk());
+  const auto outcomes = pool.try_map(task, iota_vector(60), with_chunk(1));
   const auto elapsed = std::chrono::steady_clock::now() - t0;
   stop = true;
   busy.join();
@@ -676,7 +617,7 @@ bool same_mask(const sigset_t& a, const sigset_t& b) {
 /// idle, so that the next submit is written to a dead worker's pipe (EPIPE, and a SIGPIPE unless
 /// the library keeps it from the caller) before the pool notices the deaths.
 bool map_with_killed_workers(procpool::Pool& pool) {
-  const auto outcomes = pool.try_map(square_or_crash, iota_vector(60), one_item_per_chunk());
+  const auto outcomes = pool.try_map(square_or_crash, iota_vector(60), with_chunk(1));
   for (int i = 0; i < 60; ++i)
     if (outcomes[static_cast<std::size_t>(i)].has_value() == crashes(i)) return false;
   const auto pids = pool.worker_pids();

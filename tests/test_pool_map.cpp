@@ -24,6 +24,9 @@
 #include "support.hpp"
 
 using namespace std::chrono_literals;
+using procpool_test::iota_vector;
+using procpool_test::two_workers;
+using procpool_test::with_chunk;
 
 namespace procpool_test_types {
 
@@ -50,18 +53,6 @@ int square(int x) { return x * x; }
 
 std::int64_t odd_of(int x) { return std::int64_t{x} * 2 + 1; }
 
-procpool::PoolOptions two_workers() {
-  procpool::PoolOptions o;
-  o.workers = 2;
-  return o;
-}
-
-std::vector<int> iota_vector(int n) {
-  std::vector<int> v(static_cast<std::size_t>(n));
-  for (int i = 0; i < n; ++i) v[static_cast<std::size_t>(i)] = i;
-  return v;
-}
-
 /// Maps odd_of over 0..n-1 and checks every result sits at its input's index.
 void check_in_order(procpool::Pool& pool, int n, procpool::MapOptions options) {
   const std::vector<int> inputs = iota_vector(n);
@@ -77,12 +68,6 @@ void check_in_order(procpool::Pool& pool, int n, procpool::MapOptions options) {
   }
   INFO("first misplaced result at index " << first_wrong);
   CHECK(wrong == 0);
-}
-
-procpool::MapOptions with_chunk(std::size_t chunk) {
-  procpool::MapOptions o;
-  o.chunk_size = chunk;
-  return o;
 }
 
 }  // namespace

@@ -36,57 +36,25 @@
 
 using namespace std::chrono_literals;
 using procpool_test::child_pids;
+using procpool_test::die_by_signal;
 using procpool_test::fail;
+using procpool_test::iota_vector;
 using procpool_test::run_isolated;
+using procpool_test::square;
+using procpool_test::squares;
+using procpool_test::thread_mask;
+using procpool_test::waitpid_all;
+using procpool_test::with_chunk;
+using procpool_test::with_workers;
 using procpool_test::zombie_children;
 
 namespace {
 
 constexpr unsigned kHangGuardSeconds = 30;
 
-procpool::PoolOptions with_workers(std::size_t n) {
-  procpool::PoolOptions options;  // not a designated initializer: g++ -Wextra warns about `initializer`
-  options.workers = n;
-  return options;
-}
-
-procpool::MapOptions chunks_of(std::size_t n) {
-  procpool::MapOptions m;
-  m.chunk_size = n;
-  return m;
-}
-
-long square(int i) { return static_cast<long>(i) * i; }
-
-std::vector<int> iota_vector(int n) {
-  std::vector<int> v(static_cast<std::size_t>(n));
-  std::iota(v.begin(), v.end(), 0);
-  return v;
-}
-
-std::vector<long> squares(int n) {
-  std::vector<long> v;
-  for (int i = 0; i < n; ++i) v.push_back(square(i));
-  return v;
-}
-
-/// In a child: die by `sig` with the default action and without a core file (the handlers of the
-/// test framework or a sanitizer are inherited and would run first otherwise).
-[[noreturn]] void die_by(int sig) {
-  const rlimit no_core{0, 0};
-  ::setrlimit(RLIMIT_CORE, &no_core);
-  ::signal(sig, SIG_DFL);
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, sig);
-  ::pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
-  ::raise(sig);
-  ::_exit(99);
-}
-
 /// Squares, except that items with i % 10 == 5 segfault.
 long square_or_segfault(int i) {
-  if (i % 10 == 5) die_by(SIGSEGV);
+  if (i % 10 == 5) die_by_signal(SIGSEGV);
   return square(i);
 }
 
@@ -94,8 +62,8 @@ long square_or_segfault(int i) {
 /// and item 6 aborts.
 long square_hang_or_crash(int i) {
   if (i == 3) std::this_thread::sleep_for(20s);
-  if (i == 5) die_by(SIGSEGV);
-  if (i == 6) die_by(SIGABRT);
+  if (i == 5) die_by_signal(SIGSEGV);
+  if (i == 6) die_by_signal(SIGABRT);
   return square(i);
 }
 
@@ -161,26 +129,12 @@ std::vector<std::string> dispositions() {
   return out;
 }
 
-/// The signal mask of the calling thread, in words.
-std::string thread_mask() {
-  sigset_t mask;
-  ::pthread_sigmask(SIG_SETMASK, nullptr, &mask);
-  std::string d;
-  for (int s = 1; s < NSIG; ++s) d += sigismember(&mask, s) == 1 ? '1' : '0';
-  return d;
-}
-
 /// The first signal whose disposition differs, in words, or nullopt.
 std::optional<std::string> first_difference(const std::vector<std::string>& before, const std::vector<std::string>& after) {
   for (std::size_t k = 0; k < std::min(before.size(), after.size()); ++k)
     if (before[k] != after[k]) return "before: " + before[k] + "; after: " + after[k];
   if (before.size() != after.size()) return std::string("a different number of signals");
   return std::nullopt;
-}
-
-void waitpid_all(pid_t pid, int* status) {
-  while (::waitpid(pid, status, 0) < 0 && errno == EINTR) {
-  }
 }
 
 volatile sig_atomic_t g_alarms = 0;
@@ -289,13 +243,13 @@ TEST_CASE("a storm of signals interrupting every system call changes no result o
       procpool::Pool pool(with_workers(2));
 
       // Many chunks: 100 000 items in chunks of 100.
-      if (pool.map(square, iota_vector(100'000), chunks_of(100)) != squares(100'000))
+      if (pool.map(square, iota_vector(100'000), with_chunk(100)) != squares(100'000))
         return fail(1, "map of 100 000 items in chunks of 100 was wrong");
 
       // Big payloads both ways: 1 MiB strings in, 1 MiB strings out.
       std::vector<std::string> big;
       for (int k = 0; k < 6; ++k) big.push_back(patterned(std::size_t{1} << 20, k));
-      const auto big_out = pool.map(shifted, big, chunks_of(1));
+      const auto big_out = pool.map(shifted, big, with_chunk(1));
       if (big_out.size() != big.size()) return fail(2, "map of 1 MiB strings returned the wrong number of results");
       for (std::size_t k = 0; k < big.size(); ++k)
         if (big_out[k] != shifted(big[k])) return fail(3, "map of 1 MiB strings: result " + std::to_string(k) + " is wrong");
@@ -312,7 +266,7 @@ TEST_CASE("a storm of signals interrupting every system call changes no result o
       // imap, in order.
       long expected = 0;
       int seen = 0;
-      for (const long v : pool.imap(square, iota_vector(20'000), chunks_of(50))) {
+      for (const long v : pool.imap(square, iota_vector(20'000), with_chunk(50))) {
         expected = square(seen++);
         if (v != expected) return fail(6, "imap result " + std::to_string(seen - 1) + " was wrong");
       }
@@ -323,7 +277,7 @@ TEST_CASE("a storm of signals interrupting every system call changes no result o
       procpool::PoolOptions options = with_workers(2);
       options.task_timeout = 300ms;
       procpool::Pool pool(options);
-      const auto outcomes = pool.try_map(square_hang_or_crash, iota_vector(12), chunks_of(1));
+      const auto outcomes = pool.try_map(square_hang_or_crash, iota_vector(12), with_chunk(1));
       for (int i = 0; i < 12 && code == 0; ++i) {
         const auto& o = outcomes[static_cast<std::size_t>(i)];
         const std::string item = "item " + std::to_string(i) + ": ";
@@ -380,7 +334,7 @@ TEST_CASE("the caller's own children ending during a map, with its SIGCHLD handl
         }
         return square_or_segfault(i);
       };
-      auto map = std::async(std::launch::async, [&] { return pool.try_map(task, iota_vector(200), chunks_of(1)); });
+      auto map = std::async(std::launch::async, [&] { return pool.try_map(task, iota_vector(200), with_chunk(1)); });
       if (!handshake.wait_started()) code = fail(3, "item 0 did not start");
 
       // While the map certainly runs (item 0 waits for us), our own children come and go.
@@ -463,7 +417,7 @@ TEST_CASE("pools install no signal handler: every disposition and the thread's m
       if (const auto d = first_difference(before, dispositions())) return fail(1, "after construction: " + *d);
       if (thread_mask() != mask_before) return fail(2, "the mask changed at construction");
 
-      const auto outcomes = pool.try_map(square_hang_or_crash, iota_vector(10), chunks_of(1));
+      const auto outcomes = pool.try_map(square_hang_or_crash, iota_vector(10), with_chunk(1));
       if (outcomes[3].has_value() || !is_timeout(outcomes[3].error())) return fail(3, "item 3 did not time out");
       if (outcomes[5].has_value() || outcomes[6].has_value()) return fail(4, "items 5 and 6 did not fail");
       auto crash = pool.submit(square_or_segfault, 15);
@@ -505,7 +459,7 @@ TEST_CASE("a caller that ignores SIGCHLD can still start, join and get a Process
     if (ok.get() != 42) return fail(1, "the result was wrong");
     if (ok.is_alive()) return fail(2, "is_alive() after get()");
 
-    procpool::Process crash{[]() -> int { die_by(SIGSEGV); }};
+    procpool::Process crash{[]() -> int { die_by_signal(SIGSEGV); }};
     crash.start();
     try {
       (void)crash.get();
@@ -535,7 +489,7 @@ TEST_CASE("a caller that ignores SIGCHLD can still use a Pool, whose crashed ite
     {
       procpool::Pool pool(with_workers(2));
       if (pool.map(square, iota_vector(1000)) != squares(1000)) return fail(1, "a map was wrong");
-      const auto outcomes = pool.try_map(square_or_segfault, iota_vector(40), chunks_of(1));
+      const auto outcomes = pool.try_map(square_or_segfault, iota_vector(40), with_chunk(1));
       for (int i = 0; i < 40; ++i) {
         const auto& o = outcomes[static_cast<std::size_t>(i)];
         const std::string item = "item " + std::to_string(i) + ": ";

@@ -19,6 +19,7 @@
 #include "support.hpp"
 
 using namespace std::chrono_literals;
+using procpool_test::two_workers;
 
 namespace procpool_test_types {
 
@@ -32,12 +33,6 @@ struct LedgerError : std::runtime_error {
 namespace {
 
 int add(int a, int b) { return a + b; }
-
-procpool::PoolOptions two_workers() {
-  procpool::PoolOptions o;
-  o.workers = 2;
-  return o;
-}
 
 /// A path for a file a task writes, unique to this process.
 std::string temp_path(const std::string& tag) {

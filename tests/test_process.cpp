@@ -30,9 +30,13 @@
 
 using namespace std::chrono_literals;
 using procpool_test::child_pids;
+using procpool_test::contains;
+using procpool_test::die_by_signal;
 using procpool_test::open_fd_count;
 using procpool_test::open_fds;
 using procpool_test::run_isolated;
+using procpool_test::thread_mask;
+using procpool_test::ubsan_vptr_checks_present;
 using procpool_test::zombie_children;
 
 namespace procpool_test_types {
@@ -106,20 +110,6 @@ class Gate {
   int write_ = -1;
 };
 
-/// In a child: die by `sig` with the default action and without a core file (the parent's
-/// handlers, e.g. Catch2's or a sanitizer's, are inherited and would otherwise run first).
-[[noreturn]] void die_by_signal(int sig) {
-  const rlimit no_core{0, 0};
-  ::setrlimit(RLIMIT_CORE, &no_core);
-  ::signal(sig, SIG_DFL);
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, sig);
-  ::pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
-  ::raise(sig);
-  ::_exit(99);  // not reached
-}
-
 /// The current disposition of every signal, for before/after comparisons.
 std::vector<std::string> all_dispositions() {
   std::vector<std::string> out;
@@ -133,30 +123,6 @@ std::vector<std::string> all_dispositions() {
     out.push_back(d);
   }
   return out;
-}
-
-std::string current_mask() {
-  sigset_t mask;
-  ::pthread_sigmask(SIG_SETMASK, nullptr, &mask);
-  std::string d;
-  for (int s = 1; s < NSIG; ++s) d += sigismember(&mask, s) == 1 ? '1' : '0';
-  return d;
-}
-
-}  // namespace
-
-// Defined only when UBSan's runtime (with its vptr checks) is linked in.
-extern "C" void __ubsan_handle_dynamic_type_cache_miss(void*, void*, void*) __attribute__((weak));
-extern "C" void __ubsan_handle_dynamic_type_cache_miss_abort(void*, void*, void*) __attribute__((weak));
-
-namespace {
-
-bool ubsan_vptr_checks_present() {
-  return &__ubsan_handle_dynamic_type_cache_miss != nullptr || &__ubsan_handle_dynamic_type_cache_miss_abort != nullptr;
-}
-
-bool contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
 }
 
 }  // namespace
@@ -742,7 +708,7 @@ TEST_CASE("start() and join() leave the caller's signal mask and dispositions un
   sigaddset(&extra, SIGUSR1);
   sigset_t saved;
   ::pthread_sigmask(SIG_BLOCK, &extra, &saved);
-  const std::string mask_before = current_mask();
+  const std::string mask_before = thread_mask();
   const std::vector<std::string> dispositions_before = all_dispositions();
 
   Gate gate;
@@ -751,11 +717,11 @@ TEST_CASE("start() and join() leave the caller's signal mask and dispositions un
     return 1;
   }};
   p.start();
-  CHECK(current_mask() == mask_before);
+  CHECK(thread_mask() == mask_before);
   CHECK(all_dispositions() == dispositions_before);
   gate.open();
   CHECK(p.get() == 1);
-  CHECK(current_mask() == mask_before);
+  CHECK(thread_mask() == mask_before);
   CHECK(all_dispositions() == dispositions_before);
   ::pthread_sigmask(SIG_SETMASK, &saved, nullptr);
 }
@@ -771,7 +737,7 @@ TEST_CASE("SIGPIPE is never raised in the parent and its disposition and the mas
     count.sa_handler = [](int) { g_sigpipes = g_sigpipes + 1; };
     sigemptyset(&count.sa_mask);
     ::sigaction(SIGPIPE, &count, nullptr);
-    const std::string mask_before = current_mask();
+    const std::string mask_before = thread_mask();
     const std::vector<std::string> dispositions_before = all_dispositions();
 
     // A child that exits without writing (or reading) anything.
@@ -795,7 +761,7 @@ TEST_CASE("SIGPIPE is never raised in the parent and its disposition and the mas
     if (ok.get() != 1) return procpool_test::fail(1, "ordinary result");
 
     if (g_sigpipes != 0) return procpool_test::fail(2, "SIGPIPE was raised in the parent");
-    if (current_mask() != mask_before) return procpool_test::fail(3, "signal mask changed");
+    if (thread_mask() != mask_before) return procpool_test::fail(3, "signal mask changed");
     if (all_dispositions() != dispositions_before) return procpool_test::fail(4, "a disposition changed");
     if (!child_pids().empty()) return procpool_test::fail(5, "a child remains");
     return 0;
