@@ -32,6 +32,36 @@ Fault fault_of(std::uint64_t i) {
   return static_cast<Fault>(1 + (h / 100) % 6);
 }
 
+// ThreadSanitizer slows everything down, std::exit (whose atexit work TSan extends) included:
+// the timeout must stay far above how long any non-hanging fault takes to end.
+#if defined(__SANITIZE_THREAD__)
+constexpr std::chrono::milliseconds kTaskTimeout{10'000};
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+constexpr std::chrono::milliseconds kTaskTimeout{10'000};
+#else
+constexpr std::chrono::milliseconds kTaskTimeout{1'000};
+#endif
+#else
+constexpr std::chrono::milliseconds kTaskTimeout{1'000};
+#endif
+
+/// Stops and joins a thread however the scope is left (a failed REQUIRE included).
+class Joining {
+ public:
+  Joining(std::atomic<bool>& stop, std::thread& thread) : stop_(stop), thread_(thread) {}
+  Joining(const Joining&) = delete;
+  Joining& operator=(const Joining&) = delete;
+  ~Joining() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  std::atomic<bool>& stop_;
+  std::thread& thread_;
+};
+
 std::size_t soak_size() {
   if (const char* env = std::getenv("PROCPOOL_SOAK_TASKS")) return static_cast<std::size_t>(std::stoull(env));
   return 3000;
@@ -89,6 +119,7 @@ TEST_CASE("A soak of tasks with 1% random faults reports every fault with its ca
       if (::read(g_kill_requests[0], &victim, sizeof victim) == sizeof victim) ::kill(victim, SIGKILL);
     }
   });
+  Joining stop_killer(done, killer);
 
   std::vector<std::int64_t> inputs(n);
   for (std::size_t i = 0; i < n; ++i) inputs[i] = static_cast<std::int64_t>(i);
@@ -96,7 +127,7 @@ TEST_CASE("A soak of tasks with 1% random faults reports every fault with its ca
   {
     procpool::PoolOptions options;
     options.workers = 2;
-    options.task_timeout = std::chrono::milliseconds{1000};
+    options.task_timeout = kTaskTimeout;
     procpool::Pool pool{options};
     const auto outcomes = pool.try_map(task, inputs);
     REQUIRE(outcomes.size() == n);
