@@ -116,7 +116,6 @@ class PoolCore {
     job_ids_.emplace(std::move(key), id);
     return id;
   }
-
   /// Queues a batch for execution and starts sending its first chunks.
   void add_batch(const std::shared_ptr<Batch>& batch) {
     std::unique_lock lock(mu_);
@@ -417,12 +416,11 @@ class PoolCore {
     fill_workers();
     flush_all();
 
-    struct Owner {
-      int worker;  // -1 control, -2 wake
-      std::uint64_t generation;
-    };
-    std::vector<pollfd> fds;
-    std::vector<Owner> owner;
+    // The driver's scratch vectors are members, reused across rounds (one driver at a time).
+    std::vector<pollfd>& fds = poll_fds_;
+    std::vector<PollOwner>& owner = poll_owners_;
+    fds.clear();
+    owner.clear();
     fds.push_back({control_.get(), POLLIN, 0});
     owner.push_back({-1, 0});
     fds.push_back({wake_.get(), POLLIN, 0});
@@ -448,25 +446,38 @@ class PoolCore {
     // Spin briefly first, when a worker owes us results: they are often microseconds away, and
     // a blocking sleep costs a cross-core wake-up of tens of microseconds. The spin watches the
     // workers' write counters in shared memory, so it makes no system call.
-    std::vector<std::pair<const std::atomic<std::uint64_t>*, std::uint64_t>> counters;
+    // Only when a result is due soon: on a machine with as many workers as cores, a parent that
+    // spins while workers compute for milliseconds only takes their CPU.
+    std::vector<Watched>& counters = watched_;
+    counters.clear();
     for (const auto& w : workers_)
-      if (w.state == WorkerState::running && !w.in_flight.empty())
-        counters.emplace_back(&slots_[w.index].to_parent, slots_[w.index].to_parent.load(std::memory_order_acquire));
+      if (w.state == WorkerState::running && !w.in_flight.empty() && due_soon(w.in_flight.front()))
+        counters.push_back({w.index, &slots_[w.index].to_parent, slots_[w.index].to_parent.load(std::memory_order_acquire)});
 
     lock.unlock();
     int ready = 0;
+    std::vector<int>& wrote = wrote_;  // workers whose counter moved: read them without asking poll first
+    wrote.clear();
     if (!counters.empty()) {
       const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds{50};
-      bool moved = false;
-      for (unsigned k = 1; !moved; ++k) {
-        for (const auto& [counter, seen] : counters) moved = moved || counter->load(std::memory_order_acquire) != seen;
+      for (unsigned k = 1; wrote.empty(); ++k) {
+        for (const auto& c : counters)
+          if (c.counter->load(std::memory_order_acquire) != c.seen) wrote.push_back(c.worker);
 #if defined(__x86_64__) || defined(__i386__)
         __builtin_ia32_pause();
 #endif
         if (k % 64 == 0 && std::chrono::steady_clock::now() >= until) break;
         if (k % 1024 == 0) ::sched_yield();
       }
-      ready = ::poll(fds.data(), fds.size(), 0);
+      if (wrote.empty()) ready = ::poll(fds.data(), fds.size(), 0);
+    }
+    if (!wrote.empty()) {
+      lock.lock();
+      for (const int index : wrote) read_results(workers_[static_cast<std::size_t>(index)], /*process_ended=*/false);
+      check_timeouts();
+      fill_workers();
+      flush_all();
+      return;
     }
     if (ready == 0) ready = poll_retry(fds.data(), fds.size(), timeout_ms);
     lock.lock();
@@ -491,6 +502,15 @@ class PoolCore {
     respawn_vacant();
     fill_workers();
     flush_all();
+  }
+
+  /// Whether chunk `id` is expected to finish within a spin's worth of time (or nothing is known).
+  [[nodiscard]] bool due_soon(std::uint64_t id) const {
+    const auto c = chunks_.find(id);
+    if (c == chunks_.end()) return true;
+    const auto j = jobs_.find(c->second.job_id);
+    if (j == jobs_.end() || j->second.ns_per_item == 0) return true;
+    return j->second.ns_per_item * static_cast<double>(c->second.count) < 200e3;
   }
 
   void wake_driver() {
@@ -696,6 +716,9 @@ class PoolCore {
       w.in.commit(kRead, n > 0 ? static_cast<std::size_t>(n) : 0);
       if (n > 0) {
         if (!consume_frames(w)) return;
+        // A short read emptied the socket for now (poll reports what comes next), unless the
+        // worker has ended and everything it wrote must be drained now.
+        if (static_cast<std::size_t>(n) < kRead && !process_ended) break;
         continue;
       }
       if (n < 0 && errno == EAGAIN) break;
@@ -1099,6 +1122,21 @@ class PoolCore {
 
   CoreSettings settings_;
   ZygoteSetup zygote_setup_;
+
+  // The driver's scratch space (see drive_once).
+  struct PollOwner {
+    int worker;  // -1 control, -2 wake
+    std::uint64_t generation;
+  };
+  struct Watched {
+    int worker;
+    const std::atomic<std::uint64_t>* counter;
+    std::uint64_t seen;
+  };
+  std::vector<pollfd> poll_fds_;
+  std::vector<PollOwner> poll_owners_;
+  std::vector<Watched> watched_;
+  std::vector<int> wrote_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   bool driving_ = false;

@@ -16,6 +16,7 @@
 #include <functional>
 #include <memory>
 #include <new>
+#include <optional>
 #include <span>
 #include <tuple>
 #include <type_traits>
@@ -221,28 +222,51 @@ struct WorkerSetup {
   const struct sigaction* caller_sigchld = nullptr;  // restored before user code runs
 };
 
-/// Reads exactly n bytes from a non-blocking fd, spinning briefly before blocking: a cross-core
-/// wake-up costs tens of microseconds, so a worker that was just busy watches for the parent's next
-/// write for a while. Returns false at end-of-file (the parent is gone or closed the pool).
-inline bool read_exact_spinning(int fd, std::byte* dst, std::size_t n, const WorkerSlot& slot) {
-  constexpr auto kSpin = std::chrono::microseconds{60};
-  while (n > 0) {
-    const std::uint64_t seen = slot.to_worker.load(std::memory_order_acquire);
-    const ssize_t r = read_some(fd, dst, n);
-    if (r > 0) {
-      dst += r;
-      n -= static_cast<std::size_t>(r);
-      continue;
+/// The worker's side of its socket: reads what has arrived in large pieces (one system call per
+/// message or fewer), and when the socket is empty watches the parent's write counter in shared
+/// memory for a while before it blocks: a cross-core wake-up costs tens of microseconds, and a
+/// worker that was just busy usually gets its next message within that time.
+class SpinningReader {
+ public:
+  SpinningReader(int fd, const WorkerSlot& slot) : fd_(fd), slot_(slot) {}
+
+  /// The next n bytes; false at end-of-file (the parent closed the pool, or is gone). The view
+  /// stays valid until the next call.
+  bool next(std::size_t n, std::span<const std::byte>& out) {
+    while (buf_.size() - pos_ < n) {
+      if (pos_ > 0) {
+        buf_.erase_front(pos_);
+        pos_ = 0;
+      }
+      const std::size_t want = std::max<std::size_t>(n - buf_.size(), std::size_t{64} << 10);
+      if (drained_at_ && slot_.to_worker.load(std::memory_order_acquire) == *drained_at_ &&
+          !spin_until_changed(slot_.to_worker, *drained_at_, std::chrono::microseconds{60})) {
+        pollfd p{fd_, POLLIN, 0};
+        poll_retry(&p, 1, -1);
+      }
+      // Loaded before the read: if the read finds the socket empty, anything the parent sends
+      // later moves the counter past this value.
+      const std::uint64_t seen = slot_.to_worker.load(std::memory_order_acquire);
+      std::byte* dst = buf_.grow(want);
+      const ssize_t r = read_some(fd_, dst, want);
+      buf_.resize(buf_.size() - want + (r > 0 ? static_cast<std::size_t>(r) : 0));
+      if (r == 0) return false;
+      if (r < 0 && errno != EAGAIN) return false;
+      drained_at_.reset();
+      if (r < 0 || static_cast<std::size_t>(r) < want) drained_at_ = seen;
     }
-    if (r == 0) return false;
-    if (errno != EAGAIN) return false;
-    if (!spin_until_changed(slot.to_worker, seen, kSpin)) {
-      pollfd p{fd, POLLIN, 0};
-      poll_retry(&p, 1, -1);
-    }
+    out = std::span<const std::byte>(buf_.data() + pos_, n);
+    pos_ += n;
+    return true;
   }
-  return true;
-}
+
+ private:
+  int fd_;
+  const WorkerSlot& slot_;
+  Buffer buf_;
+  std::size_t pos_ = 0;
+  std::optional<std::uint64_t> drained_at_;  // the counter's value when the socket was last found empty
+};
 
 inline void send_frame_or_exit(int fd, const Buffer& frame, WorkerSlot& slot) {
   // Blocking write: the parent always drains results, so this cannot deadlock; if the parent is
@@ -254,7 +278,6 @@ inline void send_frame_or_exit(int fd, const Buffer& frame, WorkerSlot& slot) {
 /// The worker's main loop: run the initializer, then jobs and chunks until shutdown or end-of-file.
 /// `channel` is the worker's end of a stream socket: tasks come in, results go out.
 inline int worker_main(int channel, const WorkerSetup& setup) {
-  const int task_fd = channel;
   const int result_fd = channel;
   if (setup.cpu >= 0) {
     cpu_set_t set;
@@ -284,15 +307,16 @@ inline int worker_main(int channel, const WorkerSetup& setup) {
 
   std::unique_ptr<JobRunner> runner;
   std::uint64_t runner_job = 0;
-  Buffer payload;
+  SpinningReader reader(channel, *setup.slot);
+  std::span<const std::byte> header_bytes;
+  std::span<const std::byte> payload;
   Buffer values;
   Buffer failures;
   for (;;) {
     FrameHeader h;
-    if (!read_exact_spinning(task_fd, reinterpret_cast<std::byte*>(&h), sizeof h, *setup.slot)) return 0;
-    payload.clear();
-    std::byte* dst = payload.grow(static_cast<std::size_t>(h.length));
-    if (!read_exact_spinning(task_fd, dst, static_cast<std::size_t>(h.length), *setup.slot)) return 0;
+    if (!reader.next(sizeof h, header_bytes)) return 0;
+    std::memcpy(&h, header_bytes.data(), sizeof h);
+    if (!reader.next(static_cast<std::size_t>(h.length), payload)) return 0;
     switch (h.kind) {
       case FrameKind::shutdown:
         return 0;
@@ -301,7 +325,7 @@ inline int worker_main(int channel, const WorkerSetup& setup) {
         std::memcpy(&address, payload.data(), sizeof address);
         const auto factory = reinterpret_cast<RunnerFactory>(address);
         runner.reset();
-        runner = factory(payload.view().subspan(sizeof address));
+        runner = factory(payload.subspan(sizeof address));
         runner_job = h.id;
         break;
       }
@@ -310,8 +334,8 @@ inline int worker_main(int channel, const WorkerSetup& setup) {
         std::memcpy(&ch, payload.data(), sizeof ch);
         if (!runner || ch.job_id != runner_job) return 4;  // the parent never does this
         const std::size_t skip_bytes = std::size_t{ch.skip_count} * sizeof(std::uint32_t);
-        ChunkWork work{payload.view().subspan(sizeof ch + skip_bytes), ch.count,
-                       payload.view().subspan(sizeof ch, skip_bytes), setup.slot, setup.timed};
+        ChunkWork work{payload.subspan(sizeof ch + skip_bytes), ch.count, payload.subspan(sizeof ch, skip_bytes),
+                       setup.slot, setup.timed};
         values.clear();
         failures.clear();
         ChunkOutput out{values, failures};
