@@ -35,8 +35,6 @@ class SystemError : public Error {
   int errno_;
 };
 
-/// "what: strerror(err)" as a procpool::Error, for failed system calls.
-[[nodiscard]] inline SystemError system_error(const std::string& what, int err) { return SystemError(what, err); }
 
 /// Every descriptor the library owns, as a lock-free bitmap, so that a forked child can close the
 /// descriptors it does not need (pitfall: a worker holding another worker's pipe keeps end-of-file
@@ -122,16 +120,16 @@ struct Pipe {
 /// A close-on-exec pipe, so no descriptor of ours leaks into a program the user execs.
 [[nodiscard]] inline Pipe make_pipe(int extra_flags = 0) {
   int fds[2];
-  if (::pipe2(fds, O_CLOEXEC | extra_flags) != 0) throw system_error("procpool: cannot create a pipe", errno);
+  if (::pipe2(fds, O_CLOEXEC | extra_flags) != 0) throw SystemError("procpool: cannot create a pipe", errno);
   return Pipe{Fd(fds[0]), Fd(fds[1])};
 }
 
 inline void set_nonblocking(int fd, bool on) {
   const int flags = ::fcntl(fd, F_GETFL);
-  if (flags < 0) throw system_error("procpool: fcntl(F_GETFL) failed", errno);
+  if (flags < 0) throw SystemError("procpool: fcntl(F_GETFL) failed", errno);
   const int wanted = on ? (flags | O_NONBLOCK) : (flags & ~O_NONBLOCK);
   if (wanted != flags && ::fcntl(fd, F_SETFL, wanted) != 0)
-    throw system_error("procpool: fcntl(F_SETFL) failed", errno);
+    throw SystemError("procpool: fcntl(F_SETFL) failed", errno);
 }
 
 /// Writes all n bytes to a blocking fd, retrying EINTR and short writes.

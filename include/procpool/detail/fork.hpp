@@ -89,7 +89,7 @@ template <class ChildMain>
     std::string why = "procpool: cannot fork a child process";
     if (fork_errno == EAGAIN) why += " (the process limit RLIMIT_NPROC or the system's pid limit is reached)";
     if (fork_errno == ENOMEM) why += " (out of memory)";
-    throw system_error(why, fork_errno);
+    throw SystemError(why, fork_errno);
   }
   return pid;
 }

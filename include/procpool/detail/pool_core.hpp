@@ -162,12 +162,6 @@ class PoolCore {
     }
   }
 
-  /// Marks a batch's consumer progress (imap), which may let more of it be dispatched.
-  void consumed(Batch& batch, std::size_t n) {
-    std::lock_guard lock(mu_);
-    batch.consumed += n;
-  }
-
   /// Forgets a batch whose caller gave up on it (an imap range destroyed early): its remaining
   /// items are not dispatched; chunks already out finish and are discarded.
   void abandon(const std::shared_ptr<Batch>& batch) {
@@ -334,16 +328,16 @@ class PoolCore {
   void start() {
     slots_bytes_ = sizeof(WorkerSlot) * settings_.workers;
     void* mem = ::mmap(nullptr, slots_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (mem == MAP_FAILED) throw system_error("procpool::Pool: cannot map the workers' shared slots", errno);
+    if (mem == MAP_FAILED) throw SystemError("procpool::Pool: cannot map the workers' shared slots", errno);
     slots_ = new (mem) WorkerSlot[settings_.workers];
 
     Fd wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    if (!wake) throw system_error("procpool::Pool: cannot create an eventfd", errno);
+    if (!wake) throw SystemError("procpool::Pool: cannot create an eventfd", errno);
     wake_ = std::move(wake);
 
     int sv[2];
     if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
-      throw system_error("procpool::Pool: cannot create the zygote's control socket", errno);
+      throw SystemError("procpool::Pool: cannot create the zygote's control socket", errno);
     Fd ours(sv[0]);
     Fd theirs(sv[1]);
 

@@ -163,7 +163,7 @@ inline int zygote_main(int control, const ZygoteSetup& setup) {
       // local sockets move bulk data faster than pipes.
       int sv[2];
       if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
-        throw system_error("procpool: cannot create a worker's socket", errno);
+        throw SystemError("procpool: cannot create a worker's socket", errno);
       Fd parent_end(sv[0]);
       Fd worker_end(sv[1]);
       if (setup.buffer_size > 0) {
