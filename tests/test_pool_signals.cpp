@@ -137,13 +137,16 @@ std::optional<std::string> first_difference(const std::vector<std::string>& befo
   return std::nullopt;
 }
 
-volatile sig_atomic_t g_alarms = 0;
-volatile sig_atomic_t g_usr1 = 0;
-volatile sig_atomic_t g_sigchld = 0;
+// Lock-free atomics: async-signal-safe, and the handlers may run on any thread (the storm
+// thread too, before it has blocked the signals), so plain sig_atomic_t increments would race.
+std::atomic<int> g_alarms{0};
+std::atomic<int> g_usr1{0};
+std::atomic<int> g_sigchld{0};
+static_assert(std::atomic<int>::is_always_lock_free);
 
-void count_alarm(int) { g_alarms = g_alarms + 1; }
-void count_usr1(int) { g_usr1 = g_usr1 + 1; }
-void count_sigchld(int) { g_sigchld = g_sigchld + 1; }
+void count_alarm(int) { g_alarms.fetch_add(1, std::memory_order_relaxed); }
+void count_usr1(int) { g_usr1.fetch_add(1, std::memory_order_relaxed); }
+void count_sigchld(int) { g_sigchld.fetch_add(1, std::memory_order_relaxed); }
 void do_nothing(int) {}
 void do_nothing_siginfo(int, siginfo_t*, void*) {}
 
@@ -296,8 +299,8 @@ TEST_CASE("a storm of signals interrupting every system call changes no result o
       if (code == 0 && pool.map(square, iota_vector(1000)) != squares(1000)) code = fail(12, "the map after the timeout was wrong");
     }
     storm.stop();
-    if (code == 0 && g_alarms < 50) code = fail(13, "too few SIGALRMs arrived for a storm: " + std::to_string(g_alarms));
-    if (code == 0 && g_usr1 < 200) code = fail(14, "too few SIGUSR1s arrived for a storm: " + std::to_string(g_usr1));
+    if (code == 0 && g_alarms < 50) code = fail(13, "too few SIGALRMs arrived for a storm: " + std::to_string(g_alarms.load()));
+    if (code == 0 && g_usr1 < 200) code = fail(14, "too few SIGUSR1s arrived for a storm: " + std::to_string(g_usr1.load()));
     return code;
   });
   INFO(procpool_test::describe_status(status));
