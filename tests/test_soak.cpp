@@ -32,16 +32,18 @@ Fault fault_of(std::uint64_t i) {
   return static_cast<Fault>(1 + (h / 100) % 6);
 }
 
-// ThreadSanitizer slows everything down, std::exit (whose atexit work TSan extends) included:
-// the timeout must stay far above how long any non-hanging fault takes to end.
-#if defined(__SANITIZE_THREAD__)
-constexpr std::chrono::milliseconds kTaskTimeout{10'000};
+// Under the sanitizers std::exit does slow work of its own (LeakSanitizer scans the whole
+// process; ThreadSanitizer extends atexit processing): the timeout must stay far above how long
+// any fault that is not a hang takes to end.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define PROCPOOL_SOAK_SANITIZED 1
 #elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-constexpr std::chrono::milliseconds kTaskTimeout{10'000};
-#else
-constexpr std::chrono::milliseconds kTaskTimeout{1'000};
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define PROCPOOL_SOAK_SANITIZED 1
 #endif
+#endif
+#ifdef PROCPOOL_SOAK_SANITIZED
+constexpr std::chrono::milliseconds kTaskTimeout{10'000};
 #else
 constexpr std::chrono::milliseconds kTaskTimeout{1'000};
 #endif
