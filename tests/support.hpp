@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -55,7 +56,59 @@ inline std::vector<int> open_fds() {
 /// How many descriptors are open in this process (see open_fds).
 inline int open_fd_count() { return static_cast<int>(open_fds().size()); }
 
-/// One process that is a child of this one, as /proc/<pid>/stat describes it.
+/// Fills every free descriptor below `limit` (temporarily lowering RLIMIT_NOFILE to it) with
+/// descriptors of /dev/null; returns them. Afterwards no descriptor below `limit` is free.
+/// (Not copies of fd 0: a test runner may start us with stdin closed.)
+inline std::vector<int> fill_descriptors_below(int limit) {
+  rlimit old{};
+  ::getrlimit(RLIMIT_NOFILE, &old);
+  const rlimit tight{static_cast<rlim_t>(limit), old.rlim_max};
+  ::setrlimit(RLIMIT_NOFILE, &tight);
+  std::vector<int> fillers;
+  for (int fd; (fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0;) fillers.push_back(fd);
+  ::setrlimit(RLIMIT_NOFILE, &old);
+  return fillers;
+}
+
+/// One process as /proc/<pid>/stat describes it.
+struct ProcessInfo {
+  pid_t pid;
+  pid_t ppid;
+  char state;  // 'R', 'S', 'Z' (zombie: ended, not yet reaped), ...
+  std::string name;
+};
+
+/// The process `pid` (or thread, with `dir` = "/proc/<pid>/task"), nullopt if it has ended.
+inline std::optional<ProcessInfo> process_info(const std::string& dir, const std::string& pid) {
+  std::ifstream in(dir + "/" + pid + "/stat");
+  std::string line;
+  if (!std::getline(in, line)) return std::nullopt;
+  // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so parse after the last ')'.
+  const auto open = line.find('(');
+  const auto close = line.rfind(')');
+  if (open == std::string::npos || close == std::string::npos || close < open) return std::nullopt;
+  std::istringstream rest(line.substr(close + 1));
+  char state = '?';
+  long ppid = -1;
+  rest >> state >> ppid;
+  return ProcessInfo{static_cast<pid_t>(std::atol(pid.c_str())), static_cast<pid_t>(ppid), state,
+                     line.substr(open + 1, close - open - 1)};
+}
+
+/// Every process on the machine (that this one may see).
+inline std::vector<ProcessInfo> all_processes() {
+  std::vector<ProcessInfo> all;
+  DIR* dir = ::opendir("/proc");
+  if (dir == nullptr) return all;
+  while (const dirent* entry = ::readdir(dir)) {
+    if (entry->d_name[0] < '0' || entry->d_name[0] > '9') continue;
+    if (auto info = process_info("/proc", entry->d_name)) all.push_back(std::move(*info));
+  }
+  ::closedir(dir);
+  return all;
+}
+
+/// One process that is a child of this one.
 struct ChildInfo {
   pid_t pid;
   char state;  // 'R', 'S', 'Z' (zombie: ended, not yet reaped), ...
@@ -65,24 +118,51 @@ struct ChildInfo {
 inline std::vector<ChildInfo> child_infos() {
   std::vector<ChildInfo> children;
   const pid_t self = ::getpid();
-  DIR* dir = ::opendir("/proc");
-  if (dir == nullptr) return children;
-  while (const dirent* entry = ::readdir(dir)) {
-    if (entry->d_name[0] < '0' || entry->d_name[0] > '9') continue;
-    std::ifstream in(std::string("/proc/") + entry->d_name + "/stat");
-    std::string line;
-    if (!std::getline(in, line)) continue;  // it ended meanwhile
-    // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so parse after the last ')'.
-    const auto close = line.rfind(')');
-    if (close == std::string::npos) continue;
-    std::istringstream rest(line.substr(close + 1));
-    char state = '?';
-    long ppid = -1;
-    rest >> state >> ppid;
-    if (ppid == self) children.push_back({static_cast<pid_t>(std::atol(entry->d_name)), state});
-  }
-  ::closedir(dir);
+  for (const ProcessInfo& p : all_processes())
+    if (p.ppid == self) children.push_back({p.pid, p.state});
   return children;
+}
+
+/// The first line of a small /proc file, or "?".
+inline std::string proc_line(const std::string& path) {
+  std::ifstream in(path);
+  std::string line;
+  if (!std::getline(in, line) || line.empty()) return "?";
+  return line;
+}
+
+/// Writes `root` and its descendants to stderr: for each thread its state, the kernel function it
+/// waits in, the system call it is in and, when readable, its kernel stack. What a hung test
+/// leaves behind, so that a hang seen once in CI can be understood from the log alone.
+inline void dump_process_tree(pid_t root) {
+  const std::vector<ProcessInfo> all = all_processes();
+  std::vector<std::pair<pid_t, int>> todo{{root, 0}};
+  while (!todo.empty()) {
+    const auto [pid, depth] = todo.back();
+    todo.pop_back();
+    const std::string base = "/proc/" + std::to_string(pid);
+    std::vector<std::string> threads;
+    if (DIR* dir = ::opendir((base + "/task").c_str())) {
+      while (const dirent* entry = ::readdir(dir))
+        if (entry->d_name[0] >= '0' && entry->d_name[0] <= '9') threads.emplace_back(entry->d_name);
+      ::closedir(dir);
+    }
+    for (const std::string& tid : threads) {
+      const auto info = process_info(base + "/task", tid);
+      if (!info) continue;
+      const std::string task = base + "/task/" + tid;
+      std::string syscall = proc_line(task + "/syscall");
+      syscall = syscall.substr(0, syscall.find(' '));
+      std::fprintf(stderr, "%*s%s %d (%s) state %c, waits in %s, system call %s\n", depth * 2, "",
+                   tid == std::to_string(pid) ? "process" : "  thread", info->pid, info->name.c_str(), info->state,
+                   proc_line(task + "/wchan").c_str(), syscall.c_str());
+      std::ifstream stack(task + "/stack");
+      for (std::string frame; std::getline(stack, frame);)
+        std::fprintf(stderr, "%*s    %s\n", depth * 2, "", frame.c_str());
+    }
+    for (const ProcessInfo& p : all)
+      if (p.ppid == pid) todo.emplace_back(p.pid, depth + 1);
+  }
 }
 
 /// The pids of this process's children, zombies included: empty means "no child remains".
@@ -109,10 +189,14 @@ inline void waitpid_all(pid_t pid, int* status) {
 /// Exit code of run_isolated when the body threw.
 inline constexpr int kIsolatedBodyThrew = 100;
 
+/// How long run_isolated waits for its helper before it reports a hang (and kills it).
+inline constexpr std::chrono::seconds kIsolatedWatchdog{30};
+
 /// Runs `body` in a forked helper process and returns its waitpid status; the helper ends with
 /// _exit(body()) and never returns into the test framework (an exception ends it with
 /// _exit(kIsolatedBodyThrew)). For tests that change process-wide state. A body reports a failed
-/// check by returning a distinct non-zero code (see fail()).
+/// check by returning a distinct non-zero code (see fail()). A helper still running after
+/// kIsolatedWatchdog is shown with its descendants (dump_process_tree), then killed.
 inline int run_isolated(const std::function<int()>& body) {
   std::cout.flush();
   std::cerr.flush();
@@ -131,6 +215,25 @@ inline int run_isolated(const std::function<int()>& body) {
     std::cout.flush();
     std::fflush(nullptr);
     ::_exit(code);
+  }
+  const long pidfd = ::syscall(SYS_pidfd_open, pid, 0);
+  if (pidfd >= 0) {
+    pollfd ended{static_cast<int>(pidfd), POLLIN, 0};
+    const auto deadline = std::chrono::steady_clock::now() + kIsolatedWatchdog;
+    int ready = 0;
+    while (ready == 0) {
+      const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) break;
+      ready = ::poll(&ended, 1, static_cast<int>(left.count()));
+      if (ready < 0 && errno == EINTR) ready = 0;
+    }
+    ::close(static_cast<int>(pidfd));
+    if (ready == 0) {
+      std::fprintf(stderr, "run_isolated: the helper %d still runs after %lld s; it and its descendants:\n", pid,
+                   static_cast<long long>(kIsolatedWatchdog.count()));
+      dump_process_tree(pid);
+      ::kill(pid, SIGKILL);
+    }
   }
   int status = 0;
   waitpid_all(pid, &status);

@@ -3,8 +3,8 @@
 // construction or while the pool runs. Each ends in a clear procpool::Error (or a clear per-item
 // outcome), never in a hang or a crash, and the pool recovers once the resource is back.
 //
-// Every test changes process-wide state (uid, rlimits), so each runs in run_isolated, with
-// alarm() as a hang guard inside the isolated child (SIGALRM at its default action kills it).
+// Every test changes process-wide state (uid, rlimits), so each runs in run_isolated, whose
+// watchdog shows and kills a helper that hangs.
 #include <grp.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -36,6 +36,7 @@ using namespace std::chrono_literals;
 using procpool_test::child_pids;
 using procpool_test::contains;
 using procpool_test::fail;
+using procpool_test::fill_descriptors_below;
 using procpool_test::iota_vector;
 using procpool_test::open_fd_count;
 using procpool_test::open_fds;
@@ -60,7 +61,6 @@ using procpool_test::with_workers;
 
 namespace {
 
-constexpr unsigned kHangGuardSeconds = 30;
 
 std::string lowercase(std::string s) {
   for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -215,18 +215,6 @@ std::optional<std::string> other_outcomes_problem(const std::vector<procpool::Ou
   return std::nullopt;
 }
 
-/// Fills every free descriptor below `limit` (temporarily lowering RLIMIT_NOFILE to it) with
-/// copies of fd 0; returns them. Afterwards no descriptor below `limit` is free.
-std::vector<int> fill_descriptors_below(int limit) {
-  rlimit old{};
-  ::getrlimit(RLIMIT_NOFILE, &old);
-  const rlimit tight{static_cast<rlim_t>(limit), old.rlim_max};
-  ::setrlimit(RLIMIT_NOFILE, &tight);
-  std::vector<int> fillers;
-  for (int fd; (fd = ::dup(0)) >= 0;) fillers.push_back(fd);
-  ::setrlimit(RLIMIT_NOFILE, &old);
-  return fillers;
-}
 
 // ---- RLIMIT_NPROC ---------------------------------------------------------------------------
 
@@ -234,7 +222,6 @@ std::vector<int> fill_descriptors_below(int limit) {
 /// processes than it has; the construction must throw procpool::Error naming RLIMIT_NPROC (and,
 /// if given, containing `also`), and leave no child and no descriptor behind.
 int construction_under_nproc(long extra_processes, const std::string& also) {
-  ::alarm(kHangGuardSeconds);
   const uid_t uid = private_uid();
   if (const int err = become(uid); err != 0) return fail(1, std::string("cannot change uid: ") + std::strerror(err));
   const long tasks = tasks_of_uid(uid);
@@ -260,7 +247,6 @@ int construction_under_nproc(long extra_processes, const std::string& also) {
 /// uid takes the slot a crashed worker frees, so its replacement cannot be forked. The map still
 /// completes; once the sleeper is gone the pool is whole again.
 int respawn_under_nproc(std::size_t workers) {
-  ::alarm(kHangGuardSeconds);
   const uid_t uid = private_uid();
   if (const int err = become(uid); err != 0) return fail(1, std::string("cannot change uid: ") + std::strerror(err));
   const long tasks = tasks_of_uid(uid);
@@ -308,7 +294,6 @@ int respawn_under_nproc(std::size_t workers) {
 /// after construction, to the lowest descriptor number the pool holds, and every descriptor below
 /// it is taken, so no new descriptor can be opened (not even in the slots a dead worker frees).
 int respawn_under_nofile(std::size_t workers) {
-  ::alarm(kHangGuardSeconds);
   const std::vector<int> fds = open_fds();
   const int first_free = *std::max_element(fds.begin(), fds.end()) + 1;
   const std::vector<int> fillers = fill_descriptors_below(first_free);
@@ -404,7 +389,6 @@ TEST_CASE("a pool constructed with too few free descriptors throws procpool::Err
     return;
   }
   const int status = run_isolated([] {
-    ::alarm(kHangGuardSeconds);
     // Every number of free descriptors from none to plenty: construction fails at a different step
     // each time (the eventfd, the control socket, a worker's socket in the zygote, receiving it).
     bool constructed_once = false;
@@ -473,7 +457,6 @@ TEST_CASE("a result too large for the parent's address space (RLIMIT_AS) fails w
     return;
   }
   const int status = run_isolated([] {
-    ::alarm(kHangGuardSeconds);
     procpool::Pool pool(with_workers(2));
     if (pool.map(square, iota_vector(16)) != squares(16)) return fail(1, "the first map was wrong");
     // Only the parent is limited: the workers are separate processes, forked before, with their own limit.

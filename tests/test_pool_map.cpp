@@ -270,7 +270,7 @@ TEST_CASE("map accepts a braced list of inputs") {
 TEST_CASE("map accepts non-contiguous inputs such as std::list and std::deque and std::set") {
   procpool::Pool pool{two_workers()};
   std::list<std::string> words;
-  for (int i = 0; i < 500; ++i) words.push_back("w" + std::to_string(i));
+  for (int i = 0; i < 500; ++i) words.push_back(std::string(i % 7 + 1, 'w') += std::to_string(i));
   const auto lengths = pool.map([](const std::string& s) { return static_cast<int>(s.size()); }, words);
   REQUIRE(lengths.size() == words.size());
   {

@@ -2,8 +2,8 @@
 // the caller's SIGCHLD handler), and a caller that ignores SIGCHLD. The library installs no
 // process-wide signal handler and leaves the caller's signal mask alone.
 //
-// Each test changes process-wide signal state, so each runs in run_isolated, with a hang guard
-// inside the isolated child (alarm(), or a watchdog thread where SIGALRM is the storm itself).
+// Each test changes process-wide signal state, so each runs in run_isolated, whose watchdog
+// shows and kills a helper that hangs (some also keep a shorter guard of their own).
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
@@ -50,7 +50,6 @@ using procpool_test::zombie_children;
 
 namespace {
 
-constexpr unsigned kHangGuardSeconds = 30;
 
 /// Squares, except that items with i % 10 == 5 segfault.
 long square_or_segfault(int i) {
@@ -309,7 +308,6 @@ TEST_CASE("a storm of signals interrupting every system call changes no result o
 
 TEST_CASE("the caller's own children ending during a map, with its SIGCHLD handler counting them, are reaped by the caller alone") {
   const int status = run_isolated([] {
-    ::alarm(kHangGuardSeconds);
     install_interrupting(SIGCHLD, count_sigchld);
 
     // Children that end at once and stay zombies until the end: the library must not reap them.
@@ -388,7 +386,6 @@ TEST_CASE("the caller's own children ending during a map, with its SIGCHLD handl
 
 TEST_CASE("pools install no signal handler: every disposition and the thread's mask are the same before, during and after, crashes and timeouts included") {
   const int status = run_isolated([] {
-    ::alarm(kHangGuardSeconds);
     // Dispositions of every kind, so that a library resetting one "to the default" is noticed too.
     struct sigaction sa {};
     sigemptyset(&sa.sa_mask);

@@ -864,10 +864,10 @@ TEST_CASE("A failing pipe (EMFILE) throws procpool::Error with the errno text an
     procpool::Process p{[] { return 1; }};
     rlimit old{};
     ::getrlimit(RLIMIT_NOFILE, &old);
+    // Fill the holes below the limit, so no descriptor is free at all.
+    const std::vector<int> fillers = procpool_test::fill_descriptors_below(highest + 1);
     const rlimit tight{static_cast<rlim_t>(highest + 1), old.rlim_max};
     if (::setrlimit(RLIMIT_NOFILE, &tight) != 0) return procpool_test::fail(1, "setrlimit(RLIMIT_NOFILE)");
-    std::vector<int> fillers;  // fill the holes below the limit, so no descriptor is free at all
-    for (int fd; (fd = ::dup(0)) >= 0;) fillers.push_back(fd);
     std::string message;
     try {
       p.start();

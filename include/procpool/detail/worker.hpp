@@ -102,10 +102,15 @@ template <class F>
 concept TravellingCallable =
     std::is_trivially_copyable_v<F> || (Encodable<F> && std::default_initializable<F>);
 
+/// The bytes a trivially copyable callable travels as: none for an empty one (a capture-less
+/// lambda's single byte has no value, and reading it would read uninitialised memory).
+template <class F>
+inline constexpr std::size_t callable_bytes_v = std::is_empty_v<F> ? 0 : sizeof(F);
+
 template <class F>
 void encode_callable(const F& f, Buffer& out) {
   if constexpr (std::is_trivially_copyable_v<F>) {
-    out.append(std::addressof(f), sizeof(F));
+    if constexpr (callable_bytes_v<F> != 0) out.append(std::addressof(f), callable_bytes_v<F>);
   } else {
     Encoder e(out);
     encode(e, f);
@@ -118,11 +123,11 @@ class RebuiltCallable {
  public:
   explicit RebuiltCallable(std::span<const std::byte> bytes) {
     if constexpr (std::is_trivially_copyable_v<F>) {
-      if (bytes.size() != sizeof(F)) throw DecodeError("procpool: callable bytes of the wrong size");
+      if (bytes.size() != callable_bytes_v<F>) throw DecodeError("procpool: callable bytes of the wrong size");
       // The bytes were made from a live F by the same binary; copying them into suitably aligned
       // storage creates an F (trivially copyable types have implicit-lifetime semantics).
       storage_ = std::make_unique<Storage>();
-      std::memcpy(storage_->bytes, bytes.data(), sizeof(F));
+      if constexpr (callable_bytes_v<F> != 0) std::memcpy(storage_->bytes, bytes.data(), callable_bytes_v<F>);
       f_ = std::launder(reinterpret_cast<F*>(storage_->bytes));
     } else {
       owned_ = std::make_unique<F>(from_bytes<F>(bytes));
