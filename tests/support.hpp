@@ -162,6 +162,17 @@ inline void dump_process_tree(pid_t root) {
     }
     for (const ProcessInfo& p : all)
       if (p.ppid == pid) todo.emplace_back(p.pid, depth + 1);
+    // The user-space stacks too, where gdb is installed (CI installs it).
+    if (::access("/usr/bin/gdb", X_OK) == 0) {
+      const std::string command = "timeout 20 /usr/bin/gdb -p " + std::to_string(pid) +
+                                  " -batch -nx -ex 'thread apply all bt' 2>&1 | grep -E '^(#|Thread)'";
+      std::fflush(stderr);
+      if (std::FILE* gdb = ::popen(command.c_str(), "r")) {
+        char line[512];
+        while (std::fgets(line, sizeof line, gdb) != nullptr) std::fprintf(stderr, "%*s    %s", depth * 2, "", line);
+        ::pclose(gdb);
+      }
+    }
   }
 }
 

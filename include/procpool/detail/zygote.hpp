@@ -186,9 +186,15 @@ inline int zygote_main(int control, const ZygoteSetup& setup) {
       Fd pidfd = open_pidfd(pid);
       Fd pidfd_for_parent(pidfd ? ::fcntl(pidfd.get(), F_DUPFD_CLOEXEC, 0) : -1);
       const int passed[2] = {parent_end.get(), pidfd_for_parent.get()};
-      send_message(control, {ZygoteMessage::Op::spawned, index, pid, 0},
-                   std::span<const int>(passed, pidfd_for_parent ? 2 : 1));
+      const int sent = send_message(control, {ZygoteMessage::Op::spawned, index, pid, 0},
+                                    std::span<const int>(passed, pidfd_for_parent ? 2 : 1));
       children.push_back({pid, std::move(pidfd)});
+      if (sent != 0) {
+        // The parent would wait for this worker forever: end it (it is reaped like any other)
+        // and say why, so that the parent can try again.
+        ::kill(pid, SIGKILL);
+        send_message(control, {ZygoteMessage::Op::spawn_failed, index, -1, sent});
+      }
     } catch (const SystemError& e) {
       send_message(control, {ZygoteMessage::Op::spawn_failed, index, -1, e.error_number()});
     }
