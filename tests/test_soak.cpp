@@ -109,20 +109,6 @@ TEST_CASE("A soak of tasks with 1% random faults reports every fault with its ca
   REQUIRE(::pipe2(g_kill_requests, O_CLOEXEC) == 0);
   const int fds_before = procpool_test::open_fd_count();
 
-  std::atomic<bool> done{false};
-  std::thread killer([&] {
-    for (;;) {
-      pollfd p{g_kill_requests[0], POLLIN, 0};
-      if (::poll(&p, 1, 50) <= 0) {
-        if (done) return;
-        continue;
-      }
-      pid_t victim = 0;
-      if (::read(g_kill_requests[0], &victim, sizeof victim) == sizeof victim) ::kill(victim, SIGKILL);
-    }
-  });
-  Joining stop_killer(done, killer);
-
   std::vector<std::int64_t> inputs(n);
   for (std::size_t i = 0; i < n; ++i) inputs[i] = static_cast<std::int64_t>(i);
   std::map<Fault, int> seen;
@@ -131,6 +117,23 @@ TEST_CASE("A soak of tasks with 1% random faults reports every fault with its ca
     options.workers = 2;
     options.task_timeout = kTaskTimeout;
     procpool::Pool pool{options};
+    // The killer thread starts after the pool: the zygote is a fork of this process, and under
+    // AddressSanitizer (whose allocator, unlike glibc's malloc, has no fork handlers in GCC 12)
+    // a fork while another thread is starting can leave an allocator lock held in every worker,
+    // where LeakSanitizer's check at std::exit then waits for it forever.
+    std::atomic<bool> done{false};
+    std::thread killer([&] {
+      for (;;) {
+        pollfd p{g_kill_requests[0], POLLIN, 0};
+        if (::poll(&p, 1, 50) <= 0) {
+          if (done) return;
+          continue;
+        }
+        pid_t victim = 0;
+        if (::read(g_kill_requests[0], &victim, sizeof victim) == sizeof victim) ::kill(victim, SIGKILL);
+      }
+    });
+    Joining stop_killer(done, killer);
     const auto outcomes = pool.try_map(task, inputs);
     REQUIRE(outcomes.size() == n);
     for (std::size_t i = 0; i < n; ++i) {
@@ -176,9 +179,7 @@ TEST_CASE("A soak of tasks with 1% random faults reports every fault with its ca
     }
     // The pool is still whole afterwards.
     REQUIRE(pool.map([](int x) { return x + 1; }, std::vector{1, 2, 3}) == std::vector{2, 3, 4});
-  }
-  done = true;
-  killer.join();
+  }  // the killer thread is stopped and joined, then the pool destroyed
   ::close(g_kill_requests[0]);
   ::close(g_kill_requests[1]);
 
