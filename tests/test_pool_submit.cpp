@@ -3,6 +3,7 @@
 
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <csignal>
 #include <cstddef>
 #include <cstdio>
 #include <fstream>
@@ -217,6 +218,46 @@ TEST_CASE("futures of lambdas capturing different ints each get their own lambda
     INFO("k = " << k);
     CHECK(sums[static_cast<std::size_t>(k)].get() == 1000 + k * 10);
     CHECK(products[static_cast<std::size_t>(k)].get() == 7 * k);
+  }
+}
+
+TEST_CASE("callables used one after another, more of them than the pool remembers, each run as themselves when used again") {
+  // Idle jobs are remembered (a worker keeps the callable it holds) and the oldest forgotten
+  // beyond a bound: a stale or mixed-up job would show as a wrong sum.
+  procpool::Pool pool{two_workers()};
+  const auto adder = [](int k) { return [k](int x) { return x + k; }; };
+  for (int round = 0; round < 3; ++round) {
+    for (int k = 0; k < 40; ++k) {
+      INFO("round " << round << ", k = " << k);
+      REQUIRE(pool.submit(adder(k), 1000).get() == 1000 + k);
+      REQUIRE(pool.map(adder(k), std::vector{1, 2}) == std::vector{1 + k, 2 + k});
+    }
+  }
+}
+
+TEST_CASE("a task submitted after the workers fell asleep runs, and so does one after a crash, at every idle gap") {
+  // A small chunk for an idle worker travels through shared memory; one that fell asleep in
+  // poll must be woken for it, and a chunk left there by a worker that died must not reach
+  // its replacement.
+  procpool::Pool pool{two_workers()};
+  const auto crash_at_minus_one = [](int x) {
+    if (x == -1) {
+      std::signal(SIGSEGV, SIG_DFL);
+      std::raise(SIGSEGV);
+    }
+    return x * 3;
+  };
+  for (const auto gap : {0ms, 1ms, 5ms, 30ms}) {
+    for (int i = 0; i < 5; ++i) {
+      INFO("gap " << gap.count() << " ms, round " << i);
+      std::this_thread::sleep_for(gap);
+      REQUIRE(pool.submit(crash_at_minus_one, i).get() == i * 3);
+      std::this_thread::sleep_for(gap);
+      auto crashed = pool.submit(crash_at_minus_one, -1);
+      REQUIRE_THROWS_AS(crashed.get(), procpool::ProcessError);
+      std::this_thread::sleep_for(gap);
+      REQUIRE(pool.submit(crash_at_minus_one, i + 100).get() == (i + 100) * 3);
+    }
   }
 }
 

@@ -307,7 +307,9 @@ class PoolCore {
     std::size_t users = 0;
     double ns_per_item = 0;  // 0: not measured yet
     std::size_t undispatched = 0;  // items of known-size batches not yet in a chunk
+    std::uint64_t last_used = 0;   // job_clock_ when it last became idle
   };
+  static constexpr std::size_t kIdleJobs = 16;
 
   /// Walks a chunk's items in order, naming each one's batch and index there.
   template <class Visit>
@@ -640,13 +642,67 @@ class PoolCore {
     const std::size_t skip_bytes = c.skip.size() * sizeof(std::uint32_t);
     const FrameHeader h{FrameKind::chunk, 0, id, sizeof(ChunkHeader) + skip_bytes + c.items.size()};
     const ChunkHeader ch{c.job_id, c.count, static_cast<std::uint32_t>(c.skip.size())};
-    w.out.append(&h, sizeof h);
-    w.out.append(&ch, sizeof ch);
-    w.out.append(c.skip.data(), skip_bytes);
-    w.out.append(c.items.data(), c.items.size());
+    WorkerSlot& slot = slots_[w.index];
+    const std::size_t frame_bytes = sizeof h + sizeof ch + skip_bytes + c.items.size();
+    // An idle worker with nothing queued gets a small chunk through its mailbox (see WorkerSlot).
+    if (w.in_flight.empty() && w.out.empty() && frame_bytes <= WorkerSlot::kMailboxBytes &&
+        slot.mailbox_full.load(std::memory_order_acquire) == 0) {
+      std::byte* at = slot.mailbox;
+      const auto put = [&at](const void* p, std::size_t n) {
+        if (n != 0) std::memcpy(at, p, n);
+        at += n;
+      };
+      put(&h, sizeof h);
+      put(&ch, sizeof ch);
+      put(c.skip.data(), skip_bytes);
+      put(c.items.data(), c.items.size());
+      slot.mailbox_length = static_cast<std::uint32_t>(frame_bytes);
+      slot.mailbox_full.store(1, std::memory_order_seq_cst);
+      if (slot.worker_asleep.load(std::memory_order_seq_cst) != 0) {
+        const FrameHeader wake{FrameKind::wake, 0, 0, 0};
+        w.out.append(&wake, sizeof wake);
+      }
+    } else if (w.out.empty() && c.items.size() >= kDirectSendBytes && w.channel) {
+      send_large_chunk(w, h, ch, c);
+    } else {
+      w.out.append(&h, sizeof h);
+      w.out.append(&ch, sizeof ch);
+      w.out.append(c.skip.data(), skip_bytes);
+      w.out.append(c.items.data(), c.items.size());
+    }
     w.in_flight.push_back(id);
     w.items_assigned += c.count - c.skip.size();
     if (settings_.max_tasks_per_worker > 0 && w.items_assigned >= settings_.max_tasks_per_worker) w.retiring = true;
+  }
+
+  /// Chunks of this many bytes or more go to the socket straight from their buffer when nothing
+  /// is queued before them: only what the socket does not take at once is copied to w.out.
+  static constexpr std::size_t kDirectSendBytes = std::size_t{64} << 10;
+
+  void send_large_chunk(Worker& w, const FrameHeader& h, const ChunkHeader& ch, const Chunk& c) {
+    Buffer head;
+    head.append(&h, sizeof h);
+    head.append(&ch, sizeof ch);
+    head.append(c.skip.data(), c.skip.size() * sizeof(std::uint32_t));
+    iovec parts[2] = {{head.data(), head.size()}, {const_cast<std::byte*>(c.items.data()), c.items.size()}};
+    msghdr msg{};
+    msg.msg_iov = parts;
+    msg.msg_iovlen = 2;
+    ssize_t n;
+    do {
+      // MSG_NOSIGNAL: a dead worker's socket gives EPIPE, never a SIGPIPE in the caller.
+      n = ::sendmsg(w.channel.get(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    } while (n < 0 && errno == EINTR);
+    // Nothing sent (full, or the worker died: flush() then finds out): all of it is queued.
+    std::size_t sent = n > 0 ? static_cast<std::size_t>(n) : 0;
+    if (sent > 0) slots_[w.index].to_worker.fetch_add(1, std::memory_order_release);
+    if (sent < head.size()) {
+      w.out.append(head.data() + sent, head.size() - sent);
+      sent = 0;
+    } else {
+      sent -= head.size();
+    }
+    w.out.append(c.items.data() + sent, c.items.size() - sent);
   }
 
   void flush_all() {
@@ -695,10 +751,13 @@ class PoolCore {
   void read_results(Worker& w, bool process_ended) {
     bool eof = false;
     while (w.channel) {
-      constexpr std::size_t kRead = std::size_t{1} << 20;
+      // The rest of a large frame exactly (nothing after it then needs moving to the buffer's
+      // front), else whatever has arrived, up to a megabyte.
+      const std::size_t missing = w.in.missing();
+      const std::size_t want = missing >= (std::size_t{64} << 10) ? missing : std::size_t{1} << 20;
       std::byte* dst = nullptr;
       try {
-        dst = w.in.prepare(kRead);
+        dst = w.in.prepare(want);
       } catch (const std::bad_alloc&) {
         // A result too large for the parent's memory: fail what this worker holds, replace it.
         give_up_on(w, "procpool::Pool: the result of ",
@@ -706,13 +765,13 @@ class PoolCore {
                        std::to_string(w.in.pending()) + " bytes received so far)");
         return;
       }
-      const ssize_t n = read_some(w.channel.get(), dst, kRead);
-      w.in.commit(kRead, n > 0 ? static_cast<std::size_t>(n) : 0);
+      const ssize_t n = read_some(w.channel.get(), dst, want);
+      w.in.commit(want, n > 0 ? static_cast<std::size_t>(n) : 0);
       if (n > 0) {
         if (!consume_frames(w)) return;
         // A short read emptied the socket for now (poll reports what comes next), unless the
         // worker has ended and everything it wrote must be drained now.
-        if (static_cast<std::size_t>(n) < kRead && !process_ended) break;
+        if (static_cast<std::size_t>(n) < want && !process_ended) break;
         continue;
       }
       if (n < 0 && errno == EAGAIN) break;
@@ -841,12 +900,24 @@ class PoolCore {
     }
   }
 
-  /// A batch that finished drops its use of its job; a job nobody uses is forgotten.
+  /// A batch that finished drops its use of its job. A job nobody uses is kept for a while: the
+  /// next call with the same callable (a loop of submit + get, or of maps) then keeps its id, so
+  /// workers that hold it are not sent it again, and its measured cost per item still sizes
+  /// chunks. Beyond kIdleJobs, the idle job used longest ago is forgotten.
   void release_job(std::uint64_t job_id) {
     const auto it = jobs_.find(job_id);
     if (it == jobs_.end() || --it->second.users > 0) return;
-    job_ids_.erase(it->second.key);
-    jobs_.erase(it);
+    it->second.last_used = ++job_clock_;
+    std::size_t idle = 0;
+    auto oldest = jobs_.end();
+    for (auto j = jobs_.begin(); j != jobs_.end(); ++j) {
+      if (j->second.users != 0) continue;
+      ++idle;
+      if (oldest == jobs_.end() || j->second.last_used < oldest->second.last_used) oldest = j;
+    }
+    if (idle <= kIdleJobs) return;
+    job_ids_.erase(oldest->second.key);
+    jobs_.erase(oldest);
   }
 
   // ---- deaths -------------------------------------------------------------------------------
@@ -1000,6 +1071,10 @@ class PoolCore {
     w.in_flight.clear();
     for (auto it = again.rbegin(); it != again.rend(); ++it) requeued_.push_front(*it);
     slots_[w.index].chunk_id.store(0, std::memory_order_relaxed);
+    // Cleared now that the worker is reaped and before a replacement is forked (which could
+    // otherwise take a chunk left there, already re-queued above, for a job it does not have).
+    slots_[w.index].mailbox_full.store(0, std::memory_order_relaxed);
+    slots_[w.index].worker_asleep.store(0, std::memory_order_relaxed);
     w.close();
     w.state = WorkerState::vacant;
     w.pid = -1;
@@ -1150,6 +1225,7 @@ class PoolCore {
   std::unordered_map<std::uint64_t, Job> jobs_;
   std::unordered_map<std::string, std::uint64_t> job_ids_;
   std::uint64_t next_job_id_ = 1;
+  std::uint64_t job_clock_ = 0;
   std::uint64_t next_chunk_id_ = 1;
 
   bool started_ = false;

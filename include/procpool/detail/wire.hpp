@@ -26,6 +26,7 @@ enum class FrameKind : std::uint32_t {
   job = 1,       // payload: u64 runner factory address, then the callable's bytes
   chunk = 2,     // payload: see ChunkHeader, skipped local indices, then the encoded items
   shutdown = 3,  // no payload: finish and exit
+  wake = 4,      // no payload: sent when a frame was left in the mailbox of a worker asleep in poll
   // worker -> parent
   ready = 16,        // no payload: the initializer has run
   init_failed = 17,  // payload: RemoteException from the initializer
@@ -135,6 +136,18 @@ class FrameParser {
 
   /// Bytes of an incomplete frame still waiting for the rest.
   [[nodiscard]] std::size_t pending() const noexcept { return buf_.size() - start_; }
+
+  /// The bytes still missing from the frame whose header has arrived, 0 if its header has not.
+  /// Reading exactly these for a large frame leaves nothing after it to move by compact().
+  [[nodiscard]] std::size_t missing() const noexcept {
+    const std::size_t available = buf_.size() - start_;
+    if (available < sizeof(FrameHeader)) return 0;
+    FrameHeader h;
+    std::memcpy(&h, buf_.data() + start_, sizeof h);
+    if (h.length > kMaxFrameLength) return 0;  // next() reports it
+    const std::size_t total = sizeof h + static_cast<std::size_t>(h.length);
+    return total > available ? total - available : 0;
+  }
 
  private:
   void compact() {

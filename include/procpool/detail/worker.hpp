@@ -1,6 +1,9 @@
 // procpool::detail: what runs inside a pool worker: the job runners and the worker's main loop.
 #pragma once
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -43,15 +46,29 @@ struct alignas(64) WorkerSlot {
   // calls, and only then reads the socket.
   alignas(64) std::atomic<std::uint64_t> to_worker{0};
   alignas(64) std::atomic<std::uint64_t> to_parent{0};
+
+  // The mailbox: one small frame the parent hands to an idle worker in shared memory, sparing both
+  // the parent's send and the worker's read. Used only when the worker has answered every chunk
+  // it was sent and nothing is queued on its socket, so the frame is never older than a socket
+  // frame the worker has yet to read; the worker looks here before each socket frame, so it is
+  // never run after a newer one either.
+  static constexpr std::size_t kMailboxBytes = 4096;
+  alignas(64) std::atomic<std::uint32_t> worker_asleep{0};  // 1 while the worker blocks in poll
+  std::atomic<std::uint32_t> mailbox_full{0};              // 1 from the parent's store to the worker's take
+  std::uint32_t mailbox_length = 0;
+  alignas(64) std::byte mailbox[kMailboxBytes];
 };
 
-/// Spins until `counter` moves away from `seen` or `budget` passes; true if it moved. Yields the
-/// CPU now and then, in case the peer it waits for shares this CPU.
+/// Spins until `counter` moves away from `seen`, or `or_set` (if given) becomes non-zero, or
+/// `budget` passes; true unless the budget ran out. Yields the CPU now and then, in case the peer
+/// it waits for shares this CPU.
 inline bool spin_until_changed(const std::atomic<std::uint64_t>& counter, std::uint64_t seen,
-                               std::chrono::nanoseconds budget) noexcept {
+                               std::chrono::nanoseconds budget,
+                               const std::atomic<std::uint32_t>* or_set = nullptr) noexcept {
   const auto until = std::chrono::steady_clock::now() + budget;
   for (unsigned k = 1;; ++k) {
     if (counter.load(std::memory_order_acquire) != seen) return true;
+    if (or_set != nullptr && or_set->load(std::memory_order_acquire) != 0) return true;
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #endif
@@ -227,50 +244,103 @@ struct WorkerSetup {
   const struct sigaction* caller_sigchld = nullptr;  // restored before user code runs
 };
 
-/// The worker's side of its socket: reads what has arrived in large pieces (one system call per
-/// message or fewer), and when the socket is empty watches the parent's write counter in shared
-/// memory for a while before it blocks: a cross-core wake-up costs tens of microseconds, and a
-/// worker that was just busy usually gets its next message within that time.
+/// The worker's side of its socket and mailbox: reads what has arrived in large pieces (one
+/// system call per message or fewer), and when nothing has arrived watches the parent's write
+/// counter and the mailbox in shared memory for a while before it blocks: a cross-core wake-up
+/// costs tens of microseconds, and a worker that was just busy usually gets its next message
+/// within that time.
 class SpinningReader {
  public:
-  SpinningReader(int fd, const WorkerSlot& slot) : fd_(fd), slot_(slot) {}
+  SpinningReader(int fd, WorkerSlot& slot) : fd_(fd), slot_(slot) {}
 
-  /// The next n bytes; false at end-of-file (the parent closed the pool, or is gone). The view
-  /// stays valid until the next call.
-  bool next(std::size_t n, std::span<const std::byte>& out) {
+  /// The next frame, from the mailbox or the socket; false at end-of-file (the parent closed the
+  /// pool, or is gone). The payload view stays valid until the next call.
+  bool next_frame(FrameHeader& h, std::span<const std::byte>& payload) {
+    for (;;) {
+      // Between frames the mailbox comes first (see WorkerSlot).
+      if (slot_.mailbox_full.load(std::memory_order_acquire) != 0) {
+        take_mailbox(h, payload);
+        return true;
+      }
+      std::span<const std::byte> header_bytes;
+      switch (next(sizeof h, header_bytes, /*between_frames=*/true)) {
+        case Got::end:
+          return false;
+        case Got::mailbox:
+          continue;
+        case Got::bytes:
+          break;
+      }
+      std::memcpy(&h, header_bytes.data(), sizeof h);
+      if (next(static_cast<std::size_t>(h.length), payload, /*between_frames=*/false) != Got::bytes) return false;
+      return true;
+    }
+  }
+
+ private:
+  enum class Got { bytes, mailbox, end };
+
+  void take_mailbox(FrameHeader& h, std::span<const std::byte>& payload) {
+    // Copied out so that the mailbox is free again before the work starts.
+    const std::size_t length = std::min<std::size_t>(slot_.mailbox_length, WorkerSlot::kMailboxBytes);
+    boxed_.clear();
+    boxed_.append(slot_.mailbox, length);
+    slot_.mailbox_full.store(0, std::memory_order_release);
+    if (length < sizeof h) {
+      h = FrameHeader{FrameKind::wake, 0, 0, 0};  // never sent by the parent; ignored
+      payload = {};
+      return;
+    }
+    std::memcpy(&h, boxed_.data(), sizeof h);
+    payload = std::span<const std::byte>(boxed_.data() + sizeof h,
+                                         std::min<std::size_t>(static_cast<std::size_t>(h.length), length - sizeof h));
+  }
+
+  /// The next n bytes of the socket. Between frames, a frame arriving in the mailbox meanwhile
+  /// interrupts the wait (Got::mailbox).
+  Got next(std::size_t n, std::span<const std::byte>& out, bool between_frames) {
     while (buf_.size() - pos_ < n) {
       if (pos_ > 0) {
         buf_.erase_front(pos_);
         pos_ = 0;
       }
       const std::size_t want = std::max<std::size_t>(n - buf_.size(), std::size_t{64} << 10);
+      const std::atomic<std::uint32_t>* box = between_frames ? &slot_.mailbox_full : nullptr;
       if (drained_at_ && slot_.to_worker.load(std::memory_order_acquire) == *drained_at_ &&
-          !spin_until_changed(slot_.to_worker, *drained_at_, std::chrono::microseconds{60})) {
-        pollfd p{fd_, POLLIN, 0};
-        poll_retry(&p, 1, -1);
+          !spin_until_changed(slot_.to_worker, *drained_at_, std::chrono::microseconds{60}, box)) {
+        // Going to sleep: announce it, then look at the mailbox once more. The parent stores into
+        // the mailbox and then reads worker_asleep (sending a wake frame if set); both orders are
+        // sequentially consistent, so either it sees us asleep or we see its frame.
+        slot_.worker_asleep.store(1, std::memory_order_seq_cst);
+        if (box == nullptr || box->load(std::memory_order_seq_cst) == 0) {
+          pollfd p{fd_, POLLIN, 0};
+          poll_retry(&p, 1, -1);
+        }
+        slot_.worker_asleep.store(0, std::memory_order_seq_cst);
       }
+      if (box != nullptr && box->load(std::memory_order_acquire) != 0) return Got::mailbox;
       // Loaded before the read: if the read finds the socket empty, anything the parent sends
       // later moves the counter past this value.
       const std::uint64_t seen = slot_.to_worker.load(std::memory_order_acquire);
       std::byte* dst = buf_.grow(want);
       const ssize_t r = read_some(fd_, dst, want);
       buf_.resize(buf_.size() - want + (r > 0 ? static_cast<std::size_t>(r) : 0));
-      if (r == 0) return false;
-      if (r < 0 && errno != EAGAIN) return false;
+      if (r == 0) return Got::end;
+      if (r < 0 && errno != EAGAIN) return Got::end;
       drained_at_.reset();
       if (r < 0 || static_cast<std::size_t>(r) < want) drained_at_ = seen;
     }
     out = std::span<const std::byte>(buf_.data() + pos_, n);
     pos_ += n;
-    return true;
+    return Got::bytes;
   }
 
- private:
   int fd_;
-  const WorkerSlot& slot_;
+  WorkerSlot& slot_;
   Buffer buf_;
   std::size_t pos_ = 0;
   std::optional<std::uint64_t> drained_at_;  // the counter's value when the socket was last found empty
+  Buffer boxed_;                              // the last frame taken from the mailbox
 };
 
 inline void send_frame_or_exit(int fd, const Buffer& frame, WorkerSlot& slot) {
@@ -292,6 +362,15 @@ inline int worker_main(int channel, const WorkerSetup& setup) {
     (void)::sched_setaffinity(0, sizeof set, &set);
   }
   set_nonblocking(channel, true);  // reads spin before they block; write_all waits out EAGAIN
+#if defined(__GLIBC__)
+  // A worker decodes, runs and encodes item after item of much the same sizes. glibc hands
+  // blocks over 128 KiB to mmap and trims freed memory at the heap's top, so each megabyte-sized
+  // item would be faulted in afresh, page by page (several microseconds a page in a VM), and
+  // given back. Workers keep up to 128 MiB of freed memory for the next item instead. (The
+  // caller's process is left alone; an initializer may set its own values.)
+  (void)::mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  (void)::mallopt(M_TRIM_THRESHOLD, 128 << 20);
+#endif
   if (setup.caller_sigchld != nullptr) ::sigaction(SIGCHLD, setup.caller_sigchld, nullptr);
 
   Buffer frame;
@@ -313,18 +392,17 @@ inline int worker_main(int channel, const WorkerSetup& setup) {
   std::unique_ptr<JobRunner> runner;
   std::uint64_t runner_job = 0;
   SpinningReader reader(channel, *setup.slot);
-  std::span<const std::byte> header_bytes;
   std::span<const std::byte> payload;
   Buffer values;
   Buffer failures;
   for (;;) {
     FrameHeader h;
-    if (!reader.next(sizeof h, header_bytes)) return 0;
-    std::memcpy(&h, header_bytes.data(), sizeof h);
-    if (!reader.next(static_cast<std::size_t>(h.length), payload)) return 0;
+    if (!reader.next_frame(h, payload)) return 0;
     switch (h.kind) {
       case FrameKind::shutdown:
         return 0;
+      case FrameKind::wake:
+        break;
       case FrameKind::job: {
         std::uintptr_t address = 0;
         std::memcpy(&address, payload.data(), sizeof address);
