@@ -11,7 +11,8 @@
 // repetitions of the implementations are interleaved (rep 1 of each, then rep 2 of each, ...) so
 // that a burst of load on this shared machine hits all of them alike. Any wrong result or
 // exception ends the program with a message on stderr and exit status 1.
-#include <procpool/procpool.hpp>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -23,6 +24,7 @@
 #include <functional>
 #include <map>
 #include <numeric>
+#include <procpool/procpool.hpp>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -235,6 +237,13 @@ void workload_startup(const Settings& s) {
                       std::vector<std::thread> ts;
                       for (std::size_t i = 0; i < kWorkers; ++i) ts.emplace_back(nothing);
                       for (auto& t : ts) t.join();
+                    }},
+                   // The machine's floor for any process pool: one bare fork, _exit and waitpid.
+                   {"fork", [] {
+                      const pid_t pid = ::fork();
+                      if (pid == 0) ::_exit(0);
+                      int status = 0;
+                      if (pid > 0) ::waitpid(pid, &status, 0);
                     }}});
 }
 

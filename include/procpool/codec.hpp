@@ -641,6 +641,12 @@ struct BuiltinCodec<T[N]>
 template <class Container>
 void assign_bitwise(std::span<const std::byte> bytes, std::size_t n, Container& out) {
   using T = typename Container::value_type;
+  if (bytes.size() >= kPrefaultBytes && out.capacity() < n) {
+    // Fresh memory for a large value: map its pages in one go rather than fault on each.
+    out.clear();
+    out.reserve(n);
+    prefault_for_write(out.data(), n * sizeof(T));
+  }
   if (reinterpret_cast<std::uintptr_t>(bytes.data()) % alignof(T) == 0) {
     const T* first = reinterpret_cast<const T*>(bytes.data());
     out.assign(first, first + n);

@@ -1,7 +1,13 @@
 // procpool: a growable byte buffer for hot paths (encoding, pipe I/O).
 #pragma once
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
+
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -10,6 +16,27 @@
 #include <utility>
 
 namespace procpool::detail {
+
+/// Bytes from which prefault_for_write is worth its system call.
+inline constexpr std::size_t kPrefaultBytes = std::size_t{64} << 10;
+
+/// Asks the kernel to map the pages of [p, p + n) writable now, in one system call, before they
+/// are filled. Freshly allocated memory otherwise faults on first touch, once per 4 KiB page, and
+/// under a hypervisor each fault costs microseconds: copying a megabyte into new memory is then
+/// several times slower than the copy itself. Pages already mapped cost nothing; without the
+/// call (kernels before 5.14, other systems) nothing changes but the speed.
+inline void prefault_for_write(void* p, std::size_t n) noexcept {
+#if defined(__linux__) && defined(MADV_POPULATE_WRITE)
+  if (n < kPrefaultBytes) return;
+  static const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto first = (reinterpret_cast<std::uintptr_t>(p) + page - 1) & ~(page - 1);
+  const auto last = (reinterpret_cast<std::uintptr_t>(p) + n) & ~(page - 1);
+  if (last > first) (void)::madvise(reinterpret_cast<void*>(first), last - first, MADV_POPULATE_WRITE);
+#else
+  (void)p;
+  (void)n;
+#endif
+}
 
 /// A contiguous, growable byte buffer. Unlike std::vector<std::byte>, growing never zero-fills:
 /// grow(n) and resize(n) hand out uninitialised bytes the caller is expected to overwrite.
@@ -43,6 +70,7 @@ class Buffer {
   std::byte* grow(std::size_t n) {
     if (n > capacity_ - size_) [[unlikely]] {
       grow_for(n);
+      prefault_for_write(data_ + size_, n);
     }
     std::byte* p = data_ + size_;
     size_ += n;

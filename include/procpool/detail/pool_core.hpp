@@ -579,6 +579,10 @@ class PoolCore {
     }
     constexpr std::size_t kMaxChunkBytes = std::size_t{8} << 20;
     Chunk c;
+    if (!spare_item_buffers_.empty()) {
+      c.items = std::move(spare_item_buffers_.back());
+      spare_item_buffers_.pop_back();
+    }
     std::size_t want = 0;
     for (const auto& b : batches_) {
       if (b->source_done) continue;
@@ -884,6 +888,14 @@ class PoolCore {
     if (it == chunks_.end()) return;
     Chunk c = std::move(it->second);
     chunks_.erase(it);
+    // Its buffer serves a later chunk: large items are then encoded into memory already mapped,
+    // not into fresh pages (see prefault_for_write).
+    std::size_t spare_bytes = c.items.capacity();
+    for (const Buffer& b : spare_item_buffers_) spare_bytes += b.capacity();
+    if (spare_item_buffers_.size() < kSpareItemBuffers && spare_bytes <= kMaxSpareBytes) {
+      c.items.clear();
+      spare_item_buffers_.push_back(std::move(c.items));
+    }
     std::size_t s = 0;
     std::uint32_t local = 0;
     for (const Segment& seg : c.segments) {
@@ -1222,6 +1234,10 @@ class PoolCore {
   std::deque<std::shared_ptr<Batch>> batches_;
   std::unordered_map<std::uint64_t, Chunk> chunks_;
   std::deque<std::uint64_t> requeued_;
+  // Encoding buffers of finished chunks kept for the next ones, at most this many and this much.
+  static constexpr std::size_t kSpareItemBuffers = 4;
+  static constexpr std::size_t kMaxSpareBytes = std::size_t{32} << 20;
+  std::vector<Buffer> spare_item_buffers_;
   std::unordered_map<std::uint64_t, Job> jobs_;
   std::unordered_map<std::string, std::uint64_t> job_ids_;
   std::uint64_t next_job_id_ = 1;
