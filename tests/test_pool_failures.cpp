@@ -299,6 +299,55 @@ TEST_CASE("a worker killed from outside while it runs a long item fails exactly 
   check_replaced(pool, {*victim});
 }
 
+namespace {
+
+/// Waits (at most 5 s) until process `pid` is stopped ('T' in /proc/<pid>/stat).
+bool wait_until_stopped(pid_t pid) {
+  const auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    for (const auto& p : procpool_test::all_processes())
+      if (p.pid == pid && p.state == 'T') return true;
+    std::this_thread::sleep_for(1ms);
+  }
+  return false;
+}
+
+}  // namespace
+
+TEST_CASE("an idle worker killed from outside before it picked up a task leaves the task to one replacement, which runs it") {
+  // The worker is stopped, so the task it is handed stays unread (in its shared-memory mailbox,
+  // or on its socket); killing it then is a death outside any item: the task must be run again,
+  // by a single replacement that does not mistake the dead worker's leftovers for its own work
+  // (which would cost it its life, and another replacement). Each worker start writes a byte.
+  int starts[2];
+  REQUIRE(::pipe2(starts, O_CLOEXEC | O_NONBLOCK) == 0);
+  procpool::PoolOptions options = with_workers(1);
+  const int start_fd = starts[1];
+  options.initializer = [start_fd] { (void)!::write(start_fd, "s", 1); };
+  constexpr int kRounds = 3;
+  {
+    procpool::Pool pool{options};
+    REQUIRE(pool.submit(square, 3).get() == 9);
+    for (int round = 0; round < kRounds; ++round) {
+      INFO("round " << round);
+      const auto pids = pool.worker_pids();
+      REQUIRE(pids.size() == 1);
+      REQUIRE(::kill(pids[0], SIGSTOP) == 0);
+      REQUIRE(wait_until_stopped(pids[0]));  // else it could still take the task and die in it
+      auto task = pool.submit(square, 40 + round);
+      REQUIRE(::kill(pids[0], SIGKILL) == 0);
+      CHECK(task.get() == square(40 + round));
+      CHECK(pool.submit(square, 5).get() == 25);
+      check_replaced(pool, {pids[0]});
+    }
+  }
+  char buf[64];
+  const ssize_t n = ::read(starts[0], buf, sizeof buf);
+  ::close(starts[0]);
+  ::close(starts[1]);
+  CHECK(n == 1 + kRounds);  // the first worker and one replacement per round
+}
+
 TEST_CASE("when every 10th of 200 items segfaults, exactly those items fail and the pool stays whole") {
   constexpr int kItems = 200;
   Channel report;
