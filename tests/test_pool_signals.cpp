@@ -298,8 +298,11 @@ TEST_CASE("a storm of signals interrupting every system call changes no result o
       if (code == 0 && pool.map(square, iota_vector(1000)) != squares(1000)) code = fail(12, "the map after the timeout was wrong");
     }
     storm.stop();
-    if (code == 0 && g_alarms < 50) code = fail(13, "too few SIGALRMs arrived for a storm: " + std::to_string(g_alarms.load()));
-    if (code == 0 && g_usr1 < 200) code = fail(14, "too few SIGUSR1s arrived for a storm: " + std::to_string(g_usr1.load()));
+    // Proof that the storm reached the calls above (the work takes over 300 ms, a signal each
+    // millisecond, and more): low bounds, since pending signals of one kind coalesce, and under
+    // ThreadSanitizer, which delays their delivery, they coalesce much more.
+    if (code == 0 && g_alarms < 10) code = fail(13, "too few SIGALRMs arrived for a storm: " + std::to_string(g_alarms.load()));
+    if (code == 0 && g_usr1 < 100) code = fail(14, "too few SIGUSR1s arrived for a storm: " + std::to_string(g_usr1.load()));
     return code;
   });
   INFO(procpool_test::describe_status(status));

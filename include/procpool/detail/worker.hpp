@@ -271,6 +271,15 @@ class SpinningReader {
         case Got::bytes:
           break;
       }
+      // Looked at again now that socket bytes are in: the parent may have filled the mailbox
+      // and then sent this frame after the look above. The mailbox frame is then the older one
+      // (the parent only uses the mailbox when the worker has answered everything sent before),
+      // so the header goes back and the mailbox is taken first.
+      if (slot_.mailbox_full.load(std::memory_order_acquire) != 0) {
+        pos_ -= sizeof h;
+        take_mailbox(h, payload);
+        return true;
+      }
       std::memcpy(&h, header_bytes.data(), sizeof h);
       if (next(static_cast<std::size_t>(h.length), payload, /*between_frames=*/false) != Got::bytes) return false;
       return true;
