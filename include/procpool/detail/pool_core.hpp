@@ -646,20 +646,19 @@ class PoolCore {
     const std::size_t skip_bytes = c.skip.size() * sizeof(std::uint32_t);
     const FrameHeader h{FrameKind::chunk, 0, id, sizeof(ChunkHeader) + skip_bytes + c.items.size()};
     const ChunkHeader ch{c.job_id, c.count, static_cast<std::uint32_t>(c.skip.size())};
+    // The frame is its head (header, chunk header, skipped indices) and the encoded items.
+    Buffer& head = chunk_head_;
+    head.clear();
+    head.append(&h, sizeof h);
+    head.append(&ch, sizeof ch);
+    head.append(c.skip.data(), skip_bytes);
     WorkerSlot& slot = slots_[w.index];
-    const std::size_t frame_bytes = sizeof h + sizeof ch + skip_bytes + c.items.size();
+    const std::size_t frame_bytes = head.size() + c.items.size();
     // An idle worker with nothing queued gets a small chunk through its mailbox (see WorkerSlot).
     if (w.in_flight.empty() && w.out.empty() && frame_bytes <= WorkerSlot::kMailboxBytes &&
         slot.mailbox_full.load(std::memory_order_acquire) == 0) {
-      std::byte* at = slot.mailbox;
-      const auto put = [&at](const void* p, std::size_t n) {
-        if (n != 0) std::memcpy(at, p, n);
-        at += n;
-      };
-      put(&h, sizeof h);
-      put(&ch, sizeof ch);
-      put(c.skip.data(), skip_bytes);
-      put(c.items.data(), c.items.size());
+      std::memcpy(slot.mailbox, head.data(), head.size());
+      if (!c.items.empty()) std::memcpy(slot.mailbox + head.size(), c.items.data(), c.items.size());
       slot.mailbox_length = static_cast<std::uint32_t>(frame_bytes);
       slot.mailbox_full.store(1, std::memory_order_seq_cst);
       if (slot.worker_asleep.load(std::memory_order_seq_cst) != 0) {
@@ -667,11 +666,9 @@ class PoolCore {
         w.out.append(&wake, sizeof wake);
       }
     } else if (w.out.empty() && c.items.size() >= kDirectSendBytes && w.channel) {
-      send_large_chunk(w, h, ch, c);
+      send_directly(w, head, c.items);
     } else {
-      w.out.append(&h, sizeof h);
-      w.out.append(&ch, sizeof ch);
-      w.out.append(c.skip.data(), skip_bytes);
+      w.out.append(head.data(), head.size());
       w.out.append(c.items.data(), c.items.size());
     }
     w.in_flight.push_back(id);
@@ -683,12 +680,10 @@ class PoolCore {
   /// is queued before them: only what the socket does not take at once is copied to w.out.
   static constexpr std::size_t kDirectSendBytes = std::size_t{64} << 10;
 
-  void send_large_chunk(Worker& w, const FrameHeader& h, const ChunkHeader& ch, const Chunk& c) {
-    Buffer head;
-    head.append(&h, sizeof h);
-    head.append(&ch, sizeof ch);
-    head.append(c.skip.data(), c.skip.size() * sizeof(std::uint32_t));
-    iovec parts[2] = {{head.data(), head.size()}, {const_cast<std::byte*>(c.items.data()), c.items.size()}};
+  /// Sends head + items straight from their buffers; queues in w.out only what the socket did not take.
+  void send_directly(Worker& w, const Buffer& head, const Buffer& items) {
+    iovec parts[2] = {{const_cast<std::byte*>(head.data()), head.size()},
+                      {const_cast<std::byte*>(items.data()), items.size()}};
     msghdr msg{};
     msg.msg_iov = parts;
     msg.msg_iovlen = 2;
@@ -706,7 +701,7 @@ class PoolCore {
     } else {
       sent -= head.size();
     }
-    w.out.append(c.items.data() + sent, c.items.size() - sent);
+    w.out.append(items.data() + sent, items.size() - sent);
   }
 
   void flush_all() {
@@ -1218,6 +1213,7 @@ class PoolCore {
   std::vector<PollOwner> poll_owners_;
   std::vector<Watched> watched_;
   std::vector<int> wrote_;
+  Buffer chunk_head_;  // send_chunk's scratch
   mutable std::mutex mu_;
   std::condition_variable cv_;
   bool driving_ = false;

@@ -256,34 +256,20 @@ class SpinningReader {
   /// The next frame, from the mailbox or the socket; false at end-of-file (the parent closed the
   /// pool, or is gone). The payload view stays valid until the next call.
   bool next_frame(FrameHeader& h, std::span<const std::byte>& payload) {
-    for (;;) {
-      // Between frames the mailbox comes first (see WorkerSlot).
-      if (slot_.mailbox_full.load(std::memory_order_acquire) != 0) {
-        take_mailbox(h, payload);
-        return true;
-      }
-      std::span<const std::byte> header_bytes;
-      switch (next(sizeof h, header_bytes, /*between_frames=*/true)) {
-        case Got::end:
-          return false;
-        case Got::mailbox:
-          continue;
-        case Got::bytes:
-          break;
-      }
-      // Looked at again now that socket bytes are in: the parent may have filled the mailbox
-      // and then sent this frame after the look above. The mailbox frame is then the older one
-      // (the parent only uses the mailbox when the worker has answered everything sent before),
-      // so the header goes back and the mailbox is taken first.
-      if (slot_.mailbox_full.load(std::memory_order_acquire) != 0) {
-        pos_ -= sizeof h;
-        take_mailbox(h, payload);
-        return true;
-      }
-      std::memcpy(&h, header_bytes.data(), sizeof h);
-      if (next(static_cast<std::size_t>(h.length), payload, /*between_frames=*/false) != Got::bytes) return false;
+    std::span<const std::byte> header_bytes;
+    const Got got = next(sizeof h, header_bytes, /*between_frames=*/true);
+    if (got == Got::end) return false;
+    // Between frames the mailbox comes first. It is looked at after the socket's bytes are in:
+    // the parent may fill it and then send a frame, and the mailbox frame is then the older one
+    // (it is used only when the worker has answered everything sent before), so a header just
+    // read goes back.
+    if (slot_.mailbox_full.load(std::memory_order_acquire) != 0) {
+      if (got == Got::bytes) pos_ -= sizeof h;
+      take_mailbox(h, payload);
       return true;
     }
+    std::memcpy(&h, header_bytes.data(), sizeof h);
+    return next(static_cast<std::size_t>(h.length), payload, /*between_frames=*/false) == Got::bytes;
   }
 
  private:
