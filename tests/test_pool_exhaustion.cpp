@@ -290,13 +290,21 @@ int respawn_under_nproc(std::size_t workers) {
 
 // ---- RLIMIT_NOFILE --------------------------------------------------------------------------
 
+/// How far RLIMIT_NOFILE is lowered while a worker crashes.
+enum class NofileLimit {
+  at_lowest_free,   // to the lowest descriptor number the pool holds: no new descriptor can open
+  below_pool_fds,   // to 3, below the descriptors the pool already holds (poll() refuses a set
+                    // larger than the limit, even of open descriptors)
+};
+
 /// A pool whose parent cannot receive a replacement worker's socket: RLIMIT_NOFILE is lowered,
-/// after construction, to the lowest descriptor number the pool holds, and every descriptor below
-/// it is taken, so no new descriptor can be opened (not even in the slots a dead worker frees).
-int respawn_under_nofile(std::size_t workers) {
+/// after construction, as `how` says, and every descriptor below the limit is taken, so no new
+/// descriptor can be opened (not even in the slots a dead worker frees).
+int respawn_under_nofile(std::size_t workers, NofileLimit how) {
   const std::vector<int> fds = open_fds();
   const int first_free = *std::max_element(fds.begin(), fds.end()) + 1;
-  const std::vector<int> fillers = fill_descriptors_below(first_free);
+  const int limit = how == NofileLimit::at_lowest_free ? first_free : 3;
+  const std::vector<int> fillers = fill_descriptors_below(limit);
   int code = 0;
   {
     procpool::Pool pool(with_workers(workers));
@@ -305,7 +313,7 @@ int respawn_under_nofile(std::size_t workers) {
 
     rlimit old{};
     ::getrlimit(RLIMIT_NOFILE, &old);
-    const rlimit tight{static_cast<rlim_t>(first_free), old.rlim_max};
+    const rlimit tight{static_cast<rlim_t>(limit), old.rlim_max};
     if (::setrlimit(RLIMIT_NOFILE, &tight) != 0) return fail(2, "setrlimit(RLIMIT_NOFILE)");
     std::vector<procpool::Outcome<long>> outcomes;
     std::size_t live_during = 0;
@@ -436,7 +444,7 @@ TEST_CASE("when RLIMIT_NOFILE keeps a crashed worker's replacement from being re
     WARN("not run under -fsanitize=undefined: its vptr check needs free descriptors");
     return;
   }
-  const int status = run_isolated([] { return respawn_under_nofile(2); });
+  const int status = run_isolated([] { return respawn_under_nofile(2, NofileLimit::at_lowest_free); });
   INFO(procpool_test::describe_status(status));
   CHECK(status == 0);
 }
@@ -446,7 +454,27 @@ TEST_CASE("when RLIMIT_NOFILE keeps the only worker's replacement from being rec
     WARN("not run under -fsanitize=undefined: its vptr check needs free descriptors");
     return;
   }
-  const int status = run_isolated([] { return respawn_under_nofile(1); });
+  const int status = run_isolated([] { return respawn_under_nofile(1, NofileLimit::at_lowest_free); });
+  INFO(procpool_test::describe_status(status));
+  CHECK(status == 0);
+}
+
+TEST_CASE("when RLIMIT_NOFILE is lowered below the descriptors the pool holds and a worker crashes, the other worker finishes the map and the pool recovers later") {
+  if (ubsan_vptr_checks_present()) {
+    WARN("not run under -fsanitize=undefined: its vptr check needs free descriptors");
+    return;
+  }
+  const int status = run_isolated([] { return respawn_under_nofile(2, NofileLimit::below_pool_fds); });
+  INFO(procpool_test::describe_status(status));
+  CHECK(status == 0);
+}
+
+TEST_CASE("when RLIMIT_NOFILE is lowered below the descriptors the pool holds and the only worker crashes, the remaining items fail with procpool::Error naming the limit, and the pool recovers later") {
+  if (ubsan_vptr_checks_present()) {
+    WARN("not run under -fsanitize=undefined: its vptr check needs free descriptors");
+    return;
+  }
+  const int status = run_isolated([] { return respawn_under_nofile(1, NofileLimit::below_pool_fds); });
   INFO(procpool_test::describe_status(status));
   CHECK(status == 0);
 }

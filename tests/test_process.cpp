@@ -886,3 +886,34 @@ TEST_CASE("A failing pipe (EMFILE) throws procpool::Error with the errno text an
   INFO(procpool_test::describe_status(status));
   CHECK(status == 0);
 }
+
+TEST_CASE("A Process started before its caller lowered RLIMIT_NOFILE below the descriptors it holds still returns its result") {
+  if (ubsan_vptr_checks_present()) {
+    WARN("not run under -fsanitize=undefined: its vptr check needs free descriptors");
+    return;
+  }
+  const int status = run_isolated([] {
+    // The result outgrows the pipe, so get() must wait on the child and read while it runs:
+    // poll() refuses two descriptors under a limit of one, even though both are open.
+    procpool::Process p{[] { return std::string(std::size_t{1} << 20, 'r'); }};
+    p.start();
+    rlimit old{};
+    ::getrlimit(RLIMIT_NOFILE, &old);
+    const rlimit tight{1, old.rlim_max};
+    if (::setrlimit(RLIMIT_NOFILE, &tight) != 0) return procpool_test::fail(1, "setrlimit(RLIMIT_NOFILE)");
+    std::string result;
+    std::string message;
+    try {
+      result = p.get();
+    } catch (const std::exception& e) {
+      message = e.what();
+    }
+    ::setrlimit(RLIMIT_NOFILE, &old);
+    if (!message.empty()) return procpool_test::fail(2, "get() threw: " + message);
+    if (result != std::string(std::size_t{1} << 20, 'r')) return procpool_test::fail(3, "the result was wrong");
+    if (p.exitcode() != 0) return procpool_test::fail(4, "the exit code was not 0");
+    return 0;
+  });
+  INFO(procpool_test::describe_status(status));
+  CHECK(status == 0);
+}

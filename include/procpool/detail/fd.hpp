@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
@@ -191,14 +192,51 @@ inline void set_nonblocking(int fd, bool on) {
   }
 }
 
+/// poll() over the set in slices of at most `slice` descriptors, none of them blocking: the number
+/// of descriptors ready, or -1 with errno set.
+inline int poll_slices_now(pollfd* fds, nfds_t n, nfds_t slice) noexcept {
+  int ready = 0;
+  for (nfds_t first = 0; first < n; first += slice) {
+    int r;
+    do {
+      r = ::poll(fds + first, std::min(slice, n - first), 0);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0) return -1;
+    ready += r;
+  }
+  return ready;
+}
+
 /// poll() that retries EINTR while keeping the overall timeout (ms, -1 for none): a storm of
 /// signals must neither cut the wait short nor stretch it.
+///
+/// poll() refuses (EINVAL) a set larger than RLIMIT_NOFILE, even of descriptors already open: a
+/// caller may lower its limit below what it holds. The set is then polled in slices the limit
+/// allows, without blocking, once a millisecond until something is ready or the time is up: late
+/// by up to a millisecond, but never blind to a worker's death.
 inline int poll_retry(pollfd* fds, nfds_t n, int timeout_ms) noexcept {
   using clock = std::chrono::steady_clock;
   const auto deadline = clock::now() + std::chrono::milliseconds(timeout_ms);
   int wait_ms = timeout_ms;
+  nfds_t slice = 0;  // 0: the whole set in one poll()
   for (;;) {
-    const int r = ::poll(fds, n, wait_ms);
+    int r;
+    if (slice == 0) {
+      r = ::poll(fds, n, wait_ms);
+      if (r < 0 && errno == EINVAL) {
+        rlimit limit{};
+        if (::getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur >= n || limit.rlim_cur == 0) return -1;
+        slice = static_cast<nfds_t>(limit.rlim_cur);
+        continue;
+      }
+    } else {
+      r = poll_slices_now(fds, n, slice);
+      if (r == 0 && wait_ms != 0) {
+        ::poll(nullptr, 0, 1);  // sleeps a millisecond
+        r = -1;
+        errno = EINTR;  // time passed: recompute what is left of the timeout, as for a signal
+      }
+    }
     if (r >= 0 || errno != EINTR) return r;
     if (timeout_ms < 0) continue;
     const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - clock::now()).count();

@@ -465,7 +465,7 @@ class PoolCore {
         if (k % 64 == 0 && std::chrono::steady_clock::now() >= until) break;
         if (k % 1024 == 0) ::sched_yield();
       }
-      if (wrote.empty()) ready = ::poll(fds.data(), fds.size(), 0);
+      if (wrote.empty()) ready = poll_retry(fds.data(), fds.size(), 0);
     }
     if (!wrote.empty()) {
       lock.lock();
@@ -475,7 +475,7 @@ class PoolCore {
       flush_all();
       return;
     }
-    if (ready == 0) ready = poll_retry(fds.data(), fds.size(), timeout_ms);
+    if (ready <= 0) ready = poll_retry(fds.data(), fds.size(), timeout_ms);
     lock.lock();
 
     for (std::size_t k = 0; k < fds.size(); ++k) {
