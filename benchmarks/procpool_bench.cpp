@@ -302,16 +302,23 @@ void workload_payload(const Settings& s) {
   for (std::size_t i = 0; i < items; ++i) in[i].assign(mib, static_cast<unsigned char>(i));
   std::vector<unsigned char> src(items * mib, 7);
   std::vector<unsigned char> dst(items * mib, 0);
-  std::vector<Bytes> out;
+  // Each implementation keeps its own results, as a loop `out = f(in)` of its own would: with one
+  // shared variable, whichever ran just before would hold the memory the next one could reuse.
+  std::vector<Bytes> out_procpool;
+  std::vector<Bytes> out_into;  // map_into's results, decoded into the same vectors every time
+  std::vector<Bytes> out_threads;
+  std::vector<Bytes> out_sequential;
   check(pool.map(echo, in) == in, "payload");
   const double moved = 2.0 * static_cast<double>(items * mib);  // in + out
   run_interleaved("payload", static_cast<double>(items), static_cast<double>(items), moved, reps,
-                  {{"procpool", [&] { out = pool.map(echo, in); }},
-                   {"threads", [&] { out = thread_map(in, echo); }},
-                   {"sequential", [&] { out = sequential_map(in, echo); }}});
-  check(out == in, "payload after timing");
-  out.clear();
-  out.shrink_to_fit();
+                  {{"procpool", [&] { out_procpool = pool.map(echo, in); }},
+                   {"procpool_into", [&] { pool.map_into(echo, in, out_into); }},
+                   {"threads", [&] { out_threads = thread_map(in, echo); }},
+                   {"sequential", [&] { out_sequential = sequential_map(in, echo); }}});
+  for (auto* out : {&out_procpool, &out_into, &out_threads, &out_sequential}) {
+    check(*out == in, "payload after timing");
+    std::vector<Bytes>().swap(*out);
+  }
   // memcpy: bytes copied once (read src + write dst) per sample.
   run_interleaved("payload", static_cast<double>(items), 0, static_cast<double>(items * mib), reps + 2,
                   {{"memcpy", [&] {

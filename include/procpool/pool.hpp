@@ -115,10 +115,12 @@ struct CallThrough {
 template <class It, class Sent, class In, class Out>
 class RangeBatch final : public Batch {
  public:
+  /// `storage`: for map_into, the caller's vector, whose elements the results are decoded into
+  /// (so that the memory they own is reused).
   RangeBatch(It first, Sent last, std::optional<std::size_t> size, MapOptions options, bool stream, bool ordered,
-             std::size_t workers)
+             std::size_t workers, std::vector<Out> storage = {})
       : it_(std::move(first)), end_(std::move(last)), options_(std::move(options)), stream_(stream),
-        ordered_(ordered), workers_(workers) {
+        ordered_(ordered), workers_(workers), values_(std::move(storage)) {
     chunk_size = options_.chunk_size;
     if (size) {
       total = *size;
@@ -207,6 +209,14 @@ class RangeBatch final : public Batch {
   std::vector<Out> take_values() {
     if (!errors_.empty()) std::rethrow_exception(errors_.begin()->second);
     return std::move(values_);
+  }
+
+  /// map_into: the values, failed items' elements value-initialised; then the failure of the
+  /// lowest-numbered failed item is thrown, as by map.
+  void take_values_into(std::vector<Out>& out) {
+    for (const auto& [index, error] : errors_) values_[index] = Out{};
+    out = std::move(values_);
+    if (!errors_.empty()) std::rethrow_exception(errors_.begin()->second);
   }
 
   /// try_map: every item's outcome.
@@ -531,6 +541,32 @@ class Pool {
     return map(std::forward<F>(f), std::vector<T>(inputs), std::move(options));
   }
 
+  /// Like map, but decodes the results into `out` (resized to the number of inputs), into the
+  /// elements it already holds: the memory they own (a vector's or a string's capacity) is
+  /// reused, so a loop that maps large values again and again does not need fresh memory for its
+  /// results each time. If items failed, throws like map; `out` then holds every other result,
+  /// and value-initialised elements where items failed. If the pool itself fails (it was shut
+  /// down meanwhile, or fresh workers for the call could not start), `out` is left empty.
+  template <class F, class Range, class Out>
+  void map_into(F&& f, const Range& inputs, std::vector<Out>& out, MapOptions options = {}) {
+    using std::begin;
+    using std::end;
+    using In = std::remove_cvref_t<decltype(*begin(inputs))>;
+    if constexpr (std::invocable<std::decay_t<F>&, In&>) {  // otherwise run_dense says what is wrong
+      static_assert(std::is_same_v<Out, detail::map_result_t<std::decay_t<F>, In>>,
+                    "procpool::Pool::map_into: `out` must be a std::vector of the callable's result type");
+    }
+    std::shared_ptr<detail::RangeBatch<decltype(begin(inputs)), decltype(end(inputs)), In, Out>> batch;
+    try {
+      batch = run_dense(std::forward<F>(f), inputs, std::move(options), std::move(out));
+    } catch (...) {
+      out.clear();
+      throw;
+    }
+    std::lock_guard lock(core().mutex());
+    batch->take_values_into(out);
+  }
+
   /// Like map, but never throws for an item: every item's value or error, in input order.
   template <class F, class Range>
   [[nodiscard]] auto try_map(F&& f, const Range& inputs, MapOptions options = {}) {
@@ -653,8 +689,9 @@ class Pool {
                   "procpool::Pool::map: the callable's result must be encodable (see procpool/codec.hpp)");
   }
 
-  template <class F, class Range>
-  auto run_dense(F&& f, const Range& inputs, MapOptions options) {
+  /// Runs a map to completion. `storage`: the vector to decode the results into (map_into).
+  template <class F, class Range, class... Storage>
+  auto run_dense(F&& f, const Range& inputs, MapOptions options, Storage&&... storage) {
     using std::begin;
     using std::end;
     using Fn = std::decay_t<F>;
@@ -666,8 +703,8 @@ class Pool {
     static_assert(std::forward_iterator<It>,
                   "procpool::Pool::map needs a multi-pass range; use imap for a single-pass input");
     const auto size = static_cast<std::size_t>(std::distance(begin(inputs), end(inputs)));
-    auto batch = std::make_shared<detail::RangeBatch<It, Sent, In, Out>>(begin(inputs), end(inputs), size,
-                                                                           std::move(options), false, true, size_hint());
+    auto batch = std::make_shared<detail::RangeBatch<It, Sent, In, Out>>(
+        begin(inputs), end(inputs), size, std::move(options), false, true, size_hint(), std::move(storage)...);
     Placement where = place<In, detail::CallStyle::invoke>(f);
     batch->job_id = where.job;
     where.core->add_batch(batch);
