@@ -217,31 +217,28 @@ inline int poll_slices_now(pollfd* fds, nfds_t n, nfds_t slice) noexcept {
 inline int poll_retry(pollfd* fds, nfds_t n, int timeout_ms) noexcept {
   using clock = std::chrono::steady_clock;
   const auto deadline = clock::now() + std::chrono::milliseconds(timeout_ms);
-  int wait_ms = timeout_ms;
+  const auto left_ms = [&]() -> int {  // -1 without a timeout; 0 once it has passed
+    if (timeout_ms < 0) return -1;
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - clock::now()).count();
+    return static_cast<int>(std::max<std::int64_t>(0, left));
+  };
   nfds_t slice = 0;  // 0: the whole set in one poll()
-  for (;;) {
-    int r;
+  for (int wait_ms = timeout_ms;; wait_ms = left_ms()) {
     if (slice == 0) {
-      r = ::poll(fds, n, wait_ms);
-      if (r < 0 && errno == EINVAL) {
+      const int r = ::poll(fds, n, wait_ms);
+      if (r >= 0) return r;
+      if (errno == EINVAL) {
         rlimit limit{};
         if (::getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur >= n || limit.rlim_cur == 0) return -1;
         slice = static_cast<nfds_t>(limit.rlim_cur);
-        continue;
+      } else if (errno != EINTR) {
+        return -1;
       }
     } else {
-      r = poll_slices_now(fds, n, slice);
-      if (r == 0 && wait_ms != 0) {
-        ::poll(nullptr, 0, 1);  // sleeps a millisecond
-        r = -1;
-        errno = EINTR;  // time passed: recompute what is left of the timeout, as for a signal
-      }
+      const int r = poll_slices_now(fds, n, slice);
+      if (r != 0 || wait_ms == 0) return r;
+      ::poll(nullptr, 0, 1);  // nothing ready yet: look again in a millisecond
     }
-    if (r >= 0 || errno != EINTR) return r;
-    if (timeout_ms < 0) continue;
-    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - clock::now()).count();
-    if (left <= 0) return 0;
-    wait_ms = static_cast<int>(left);
   }
 }
 
