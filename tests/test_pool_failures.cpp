@@ -305,8 +305,8 @@ namespace {
 bool wait_until_stopped(pid_t pid) {
   const auto deadline = std::chrono::steady_clock::now() + 5s;
   while (std::chrono::steady_clock::now() < deadline) {
-    for (const auto& p : procpool_test::all_processes())
-      if (p.pid == pid && p.state == 'T') return true;
+    const auto info = procpool_test::process_info("/proc", std::to_string(pid));
+    if (info && info->state == 'T') return true;
     std::this_thread::sleep_for(1ms);
   }
   return false;
