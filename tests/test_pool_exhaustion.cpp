@@ -345,6 +345,17 @@ int respawn_under_nofile(std::size_t workers, NofileLimit how) {
   return code;
 }
 
+/// Runs respawn_under_nofile in an isolated helper process and checks that it passed.
+void check_respawn_under_nofile(std::size_t workers, NofileLimit how) {
+  if (ubsan_vptr_checks_present()) {
+    WARN("not run under -fsanitize=undefined: its vptr check needs free descriptors");
+    return;
+  }
+  const int status = run_isolated([=] { return respawn_under_nofile(workers, how); });
+  INFO(procpool_test::describe_status(status));
+  CHECK(status == 0);
+}
+
 // ---- RLIMIT_AS ------------------------------------------------------------------------------
 
 constexpr std::size_t kHugeResult = std::size_t{512} << 20;
@@ -440,43 +451,19 @@ TEST_CASE("a pool constructed with too few free descriptors throws procpool::Err
 }
 
 TEST_CASE("when RLIMIT_NOFILE keeps a crashed worker's replacement from being received the other worker finishes the map and the pool recovers later") {
-  if (ubsan_vptr_checks_present()) {
-    WARN("not run under -fsanitize=undefined: its vptr check needs free descriptors");
-    return;
-  }
-  const int status = run_isolated([] { return respawn_under_nofile(2, NofileLimit::at_lowest_free); });
-  INFO(procpool_test::describe_status(status));
-  CHECK(status == 0);
+  check_respawn_under_nofile(2, NofileLimit::at_lowest_free);
 }
 
 TEST_CASE("when RLIMIT_NOFILE keeps the only worker's replacement from being received the remaining items fail with procpool::Error naming the limit, and the pool recovers later") {
-  if (ubsan_vptr_checks_present()) {
-    WARN("not run under -fsanitize=undefined: its vptr check needs free descriptors");
-    return;
-  }
-  const int status = run_isolated([] { return respawn_under_nofile(1, NofileLimit::at_lowest_free); });
-  INFO(procpool_test::describe_status(status));
-  CHECK(status == 0);
+  check_respawn_under_nofile(1, NofileLimit::at_lowest_free);
 }
 
 TEST_CASE("when RLIMIT_NOFILE is lowered below the descriptors the pool holds and a worker crashes, the other worker finishes the map and the pool recovers later") {
-  if (ubsan_vptr_checks_present()) {
-    WARN("not run under -fsanitize=undefined: its vptr check needs free descriptors");
-    return;
-  }
-  const int status = run_isolated([] { return respawn_under_nofile(2, NofileLimit::below_pool_fds); });
-  INFO(procpool_test::describe_status(status));
-  CHECK(status == 0);
+  check_respawn_under_nofile(2, NofileLimit::below_pool_fds);
 }
 
 TEST_CASE("when RLIMIT_NOFILE is lowered below the descriptors the pool holds and the only worker crashes, the remaining items fail with procpool::Error naming the limit, and the pool recovers later") {
-  if (ubsan_vptr_checks_present()) {
-    WARN("not run under -fsanitize=undefined: its vptr check needs free descriptors");
-    return;
-  }
-  const int status = run_isolated([] { return respawn_under_nofile(1, NofileLimit::below_pool_fds); });
-  INFO(procpool_test::describe_status(status));
-  CHECK(status == 0);
+  check_respawn_under_nofile(1, NofileLimit::below_pool_fds);
 }
 
 TEST_CASE("a result too large for the parent's address space (RLIMIT_AS) fails with procpool::Error mentioning memory and the pool stays usable") {
