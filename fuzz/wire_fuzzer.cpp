@@ -1,7 +1,8 @@
 // libFuzzer target over the parent's side of the pool protocol: bytes arriving from a worker are
 // untrusted. The input is cut into reads of varying sizes and fed to the FrameParser; every frame
-// that comes out is handled as the parent handles it (results parsed, values decoded). Only
-// procpool::DecodeError may be thrown; crashes, sanitizer reports and other exceptions are bugs.
+// that comes out is handled as the parent handles it (results parsed, values decoded, from the
+// frame or from the chunk's results lane). Only procpool::DecodeError may be thrown; crashes,
+// sanitizer reports and other exceptions are bugs.
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -13,7 +14,8 @@ namespace {
 
 using procpool::detail::FrameKind;
 
-void handle(const procpool::detail::FrameHeader& h, std::span<const std::byte> payload) {
+void handle(const procpool::detail::FrameHeader& h, std::span<const std::byte> payload,
+            std::span<const std::byte> lane) {
   if (h.kind == FrameKind::init_failed) {
     procpool::Decoder d(payload);
     (void)procpool::decode_as<procpool::detail::RemoteException>(d);
@@ -22,7 +24,8 @@ void handle(const procpool::detail::FrameHeader& h, std::span<const std::byte> p
   if (h.kind != FrameKind::results) return;
   // The chunk size the parent expects is whatever the frame id says here, bounded like a real chunk.
   const auto count = static_cast<std::uint32_t>(h.id % 4096);
-  const auto parsed = procpool::detail::parse_results(payload, count);
+  // Odd ids stand for chunks that hold a results lane, whose bytes the worker wrote as it pleased.
+  const auto parsed = procpool::detail::parse_results(payload, count, h.id % 2 == 1 ? lane : std::span<const std::byte>{});
   procpool::Decoder values(parsed.values);
   std::size_t failed = 0;
   for (std::uint32_t i = 0; i < count; ++i) {
@@ -46,6 +49,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::size_t step = 1 + data[0] % 64;  // how many bytes each simulated read delivers
   ++data;
   --size;
+  // The simulated results lane holds the input itself, over and over.
+  std::vector<std::byte> lane(4096);
+  for (std::size_t i = 0; i < lane.size() && size > 0; ++i) lane[i] = static_cast<std::byte>(data[i % size]);
   procpool::detail::FrameParser parser;
   try {
     for (std::size_t at = 0; at < size; at += step) {
@@ -55,7 +61,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       parser.commit(n, n);
       while (auto frame = parser.next()) {
         try {
-          handle(frame->first, frame->second);
+          handle(frame->first, frame->second, lane);
         } catch (const procpool::DecodeError&) {
           // A malformed frame: the parent kills that worker; here we go on with the next input.
         }

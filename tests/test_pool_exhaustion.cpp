@@ -553,3 +553,39 @@ TEST_CASE("a result too large for the parent's address space (RLIMIT_AS) fails w
   INFO(procpool_test::describe_status(status));
   CHECK(status == 0);
 }
+
+TEST_CASE("a pool constructed under an RLIMIT_AS too tight for its shared lanes still moves large payloads, through its sockets") {
+  if (PROCPOOL_TEST_ASAN) {
+    WARN("not run under AddressSanitizer: its shadow memory reserves far more address space than any useful RLIMIT_AS");
+    return;
+  }
+  const int status = run_isolated([] {
+    const std::size_t in_use = address_space_in_use();
+    if (in_use == 0) return fail(1, "cannot read VmSize");
+    // Room for the pool and the payloads below, not for the lanes of two workers (128 MiB).
+    rlimit old{};
+    ::getrlimit(RLIMIT_AS, &old);
+    const rlimit tight{static_cast<rlim_t>(in_use + (std::size_t{96} << 20)), old.rlim_max};
+    if (::setrlimit(RLIMIT_AS, &tight) != 0) return fail(2, "setrlimit(RLIMIT_AS)");
+    using Bytes = std::vector<unsigned char>;
+    const auto flipped = [](const Bytes& in) {
+      Bytes out(in);
+      for (auto& x : out) x = static_cast<unsigned char>(~x);
+      return out;
+    };
+    try {
+      procpool::Pool pool(with_workers(2));
+      std::vector<Bytes> in;
+      for (int i = 0; i < 24; ++i) in.emplace_back(std::size_t{256} << 10, static_cast<unsigned char>(i * 9));
+      const std::vector<Bytes> out = pool.map(flipped, in);
+      if (out.size() != in.size()) return fail(3, "map returned " + std::to_string(out.size()) + " results");
+      for (std::size_t i = 0; i < in.size(); ++i)
+        if (out[i] != flipped(in[i])) return fail(4, "item " + std::to_string(i) + " came back wrong");
+    } catch (const std::exception& e) {
+      return fail(5, std::string("the pool threw: ") + e.what());
+    }
+    return 0;
+  });
+  INFO(procpool_test::describe_status(status));
+  CHECK(status == 0);
+}

@@ -45,19 +45,32 @@ class Buffer {
  public:
   Buffer() noexcept = default;
   explicit Buffer(std::size_t initial_capacity) { reserve(initial_capacity); }
-  ~Buffer() { std::free(data_); }
+  ~Buffer() { release(); }
+
+  /// An empty buffer that writes into [storage, storage + capacity), memory it does not own (a
+  /// lane of shared memory), for as long as that is enough. Growing beyond it moves the bytes to
+  /// memory of the buffer's own, as growing always does; owns_storage() then says so.
+  [[nodiscard]] static Buffer over(std::byte* storage, std::size_t capacity) noexcept {
+    Buffer b;
+    b.data_ = storage;
+    b.capacity_ = capacity;
+    b.owned_ = false;
+    return b;
+  }
 
   Buffer(Buffer&& other) noexcept
       : data_(std::exchange(other.data_, nullptr)),
         size_(std::exchange(other.size_, 0)),
-        capacity_(std::exchange(other.capacity_, 0)) {}
+        capacity_(std::exchange(other.capacity_, 0)),
+        owned_(std::exchange(other.owned_, true)) {}
 
   Buffer& operator=(Buffer&& other) noexcept {
     if (this != &other) {
-      std::free(data_);
+      release();
       data_ = std::exchange(other.data_, nullptr);
       size_ = std::exchange(other.size_, 0);
       capacity_ = std::exchange(other.capacity_, 0);
+      owned_ = std::exchange(other.owned_, true);
     }
     return *this;
   }
@@ -87,6 +100,8 @@ class Buffer {
   [[nodiscard]] std::size_t size() const noexcept { return size_; }
   [[nodiscard]] std::size_t capacity() const noexcept { return capacity_; }
   [[nodiscard]] bool empty() const noexcept { return size_ == 0; }
+  /// False while the bytes are in the storage given to over().
+  [[nodiscard]] bool owns_storage() const noexcept { return owned_; }
   [[nodiscard]] std::span<const std::byte> view() const noexcept { return {data_, size_}; }
 
   /// Drops the contents; keeps the capacity.
@@ -127,10 +142,23 @@ class Buffer {
   }
 
   void reallocate(std::size_t new_capacity) {
+    if (!owned_) {
+      void* p = std::malloc(new_capacity);
+      if (p == nullptr) throw std::bad_alloc();
+      if (size_ != 0) std::memcpy(p, data_, size_);
+      data_ = static_cast<std::byte*>(p);
+      capacity_ = new_capacity;
+      owned_ = true;
+      return;
+    }
     void* p = std::realloc(data_, new_capacity);
     if (p == nullptr) throw std::bad_alloc();
     data_ = static_cast<std::byte*>(p);
     capacity_ = new_capacity;
+  }
+
+  void release() noexcept {
+    if (owned_) std::free(data_);
   }
 
   static constexpr std::size_t kMinCapacity = 64;
@@ -138,6 +166,7 @@ class Buffer {
   std::byte* data_ = nullptr;
   std::size_t size_ = 0;
   std::size_t capacity_ = 0;
+  bool owned_ = true;  // false: data_ is storage given to over()
 };
 
 }  // namespace procpool::detail

@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
@@ -32,6 +33,7 @@
 #include "buffer.hpp"
 #include "fd.hpp"
 #include "fork.hpp"
+#include "lanes.hpp"
 #include "remote_exception.hpp"
 #include "wire.hpp"
 #include "worker.hpp"
@@ -266,6 +268,7 @@ class PoolCore {
     std::size_t out_sent = 0;
     FrameParser in;
     std::deque<std::uint64_t> in_flight;  // chunk ids, in the order sent
+    std::array<std::uint64_t, LaneArea::kLanesPerWorker> lane_chunk{};  // the chunk holding each pair of lanes, 0: free
     std::uint64_t job_sent = 0;
     std::size_t items_assigned = 0;  // since spawn, for max_tasks_per_worker
     bool ready = false;
@@ -298,6 +301,7 @@ class PoolCore {
     Buffer items;
     std::vector<std::uint32_t> skip;  // sorted local indices that already have an outcome
     std::uint32_t delivered = 0;      // items [0, delivered) of a half-decoded result have outcomes
+    std::uint32_t lane = kNoLane;     // the pair of lanes it holds while in flight
     int unexplained_deaths = 0;
   };
 
@@ -348,12 +352,15 @@ class PoolCore {
     zygote_setup_.timed = settings_.task_timeout.count() > 0;
     zygote_setup_.initializer = &settings_.initializer;
     zygote_setup_.buffer_size = 1 << 20;
+    lanes_ = LaneArea(settings_.workers);
+    zygote_setup_.lanes = &lanes_;
     ::sigaction(SIGCHLD, nullptr, &zygote_setup_.caller_sigchld);
     const int zygote_end = theirs.get();
     const ZygoteSetup* setup = &zygote_setup_;
     zygote_pid_ = fork_child([zygote_end, setup] { return zygote_main(zygote_end, *setup); }, {zygote_end});
     theirs.reset();
     control_ = std::move(ours);
+    lanes_.keep_from_later_forks();
 
     workers_.resize(settings_.workers);
     for (std::size_t i = 0; i < workers_.size(); ++i) {
@@ -579,7 +586,13 @@ class PoolCore {
     }
     constexpr std::size_t kMaxChunkBytes = std::size_t{8} << 20;
     Chunk c;
-    if (!spare_item_buffers_.empty()) {
+    // Items are encoded straight into a free items lane of the worker the chunk goes to (sent
+    // from there when large, see send_chunk); otherwise into a buffer of a finished chunk.
+    if (const std::uint32_t lane = free_lane(w); lane != kNoLane) {
+      const std::span<std::byte> storage = lanes_.items(static_cast<std::size_t>(w.index), lane);
+      c.items = Buffer::over(storage.data(), storage.size());
+      c.lane = lane;
+    } else if (!spare_item_buffers_.empty()) {
       c.items = std::move(spare_item_buffers_.back());
       spare_item_buffers_.pop_back();
     }
@@ -643,9 +656,24 @@ class PoolCore {
       w.out.append(frame.data(), frame.size());
       w.job_sent = c.job_id;
     }
+    // The chunk holds a pair of lanes (see LaneArea) until its results are decoded: large items
+    // travel in its items lane, and the worker may leave large results in its results lane.
+    // next_chunk_for encoded fresh chunks into the lane already; a re-queued chunk is copied there.
+    std::span<const std::byte> items = c.items.view();
+    std::uint64_t lane_bytes = 0;
+    if (c.items.owns_storage()) c.lane = free_lane(w);
+    if (c.lane != kNoLane) {
+      w.lane_chunk[c.lane] = id;
+      const std::span<std::byte> lane = lanes_.items(static_cast<std::size_t>(w.index), c.lane);
+      if (items.size() >= kLaneThresholdBytes && items.size() <= lane.size()) {
+        if (items.data() != lane.data()) std::memcpy(lane.data(), items.data(), items.size());
+        lane_bytes = items.size();
+        items = {};
+      }
+    }
     const std::size_t skip_bytes = c.skip.size() * sizeof(std::uint32_t);
-    const FrameHeader h{FrameKind::chunk, 0, id, sizeof(ChunkHeader) + skip_bytes + c.items.size()};
-    const ChunkHeader ch{c.job_id, c.count, static_cast<std::uint32_t>(c.skip.size())};
+    const FrameHeader h{FrameKind::chunk, 0, id, sizeof(ChunkHeader) + skip_bytes + items.size()};
+    const ChunkHeader ch{c.job_id, c.count, static_cast<std::uint32_t>(c.skip.size()), c.lane, 0, lane_bytes};
     // The frame is its head (header, chunk header, skipped indices) and the encoded items.
     Buffer& head = chunk_head_;
     head.clear();
@@ -653,27 +681,35 @@ class PoolCore {
     head.append(&ch, sizeof ch);
     head.append(c.skip.data(), skip_bytes);
     WorkerSlot& slot = slots_[w.index];
-    const std::size_t frame_bytes = head.size() + c.items.size();
+    const std::size_t frame_bytes = head.size() + items.size();
     // An idle worker with nothing queued gets a small chunk through its mailbox (see WorkerSlot).
     if (w.in_flight.empty() && w.out.empty() && frame_bytes <= WorkerSlot::kMailboxBytes &&
         slot.mailbox_full.load(std::memory_order_acquire) == 0) {
       std::memcpy(slot.mailbox, head.data(), head.size());
-      if (!c.items.empty()) std::memcpy(slot.mailbox + head.size(), c.items.data(), c.items.size());
+      if (!items.empty()) std::memcpy(slot.mailbox + head.size(), items.data(), items.size());
       slot.mailbox_length = static_cast<std::uint32_t>(frame_bytes);
       slot.mailbox_full.store(1, std::memory_order_seq_cst);
       if (slot.worker_asleep.load(std::memory_order_seq_cst) != 0) {
         const FrameHeader wake{FrameKind::wake, 0, 0, 0};
         w.out.append(&wake, sizeof wake);
       }
-    } else if (w.out.empty() && c.items.size() >= kDirectSendBytes && w.channel) {
-      send_directly(w, head, c.items);
+    } else if (w.out.empty() && items.size() >= kDirectSendBytes && w.channel) {
+      send_directly(w, head, items);
     } else {
       w.out.append(head.data(), head.size());
-      w.out.append(c.items.data(), c.items.size());
+      w.out.append(items.data(), items.size());
     }
     w.in_flight.push_back(id);
     w.items_assigned += c.count - c.skip.size();
     if (settings_.max_tasks_per_worker > 0 && w.items_assigned >= settings_.max_tasks_per_worker) w.retiring = true;
+  }
+
+  /// A pair of w's lanes no chunk holds, or kNoLane.
+  [[nodiscard]] std::uint32_t free_lane(const Worker& w) const noexcept {
+    if (!lanes_.available()) return kNoLane;
+    for (std::uint32_t k = 0; k < w.lane_chunk.size(); ++k)
+      if (w.lane_chunk[k] == 0) return k;
+    return kNoLane;
   }
 
   /// Chunks of this many bytes or more go to the socket straight from their buffer when nothing
@@ -681,7 +717,7 @@ class PoolCore {
   static constexpr std::size_t kDirectSendBytes = std::size_t{64} << 10;
 
   /// Sends head + items straight from their buffers; queues in w.out only what the socket did not take.
-  void send_directly(Worker& w, const Buffer& head, const Buffer& items) {
+  void send_directly(Worker& w, const Buffer& head, std::span<const std::byte> items) {
     iovec parts[2] = {{const_cast<std::byte*>(head.data()), head.size()},
                       {const_cast<std::byte*>(items.data()), items.size()}};
     msghdr msg{};
@@ -839,7 +875,10 @@ class PoolCore {
   void handle_results(Worker& w, std::uint64_t id, std::span<const std::byte> payload) {
     if (w.in_flight.empty() || w.in_flight.front() != id) throw DecodeError("results for a chunk not in flight");
     Chunk& c = chunks_.at(id);
-    const ParsedResults parsed = parse_results(payload, c.count);
+    const bool holds_lane = c.lane < w.lane_chunk.size() && w.lane_chunk[c.lane] == id;
+    const ParsedResults parsed =
+        parse_results(payload, c.count,
+                      holds_lane ? lanes_.results(static_cast<std::size_t>(w.index), c.lane) : std::span<std::byte>{});
     const auto& failed = parsed.failed;
     const Segment& only = c.segments.front();
     if (!(failed.empty() && c.skip.empty() && c.segments.size() == 1 &&
@@ -871,6 +910,8 @@ class PoolCore {
       const double sample = static_cast<double>(rh.compute_ns) / static_cast<double>(ran);
       job.ns_per_item = job.ns_per_item == 0 ? sample : 0.5 * job.ns_per_item + 0.5 * sample;
     }
+    // Decoded: the worker may now be sent a chunk that writes over these lanes.
+    if (holds_lane) w.lane_chunk[c.lane] = 0;
     w.in_flight.pop_front();
     finish_chunk(id);
     if (w.retiring && w.in_flight.empty()) send_shutdown(w);
@@ -887,7 +928,7 @@ class PoolCore {
     // not into fresh pages (see prefault_for_write).
     std::size_t spare_bytes = c.items.capacity();
     for (const Buffer& b : spare_item_buffers_) spare_bytes += b.capacity();
-    if (spare_item_buffers_.size() < kSpareItemBuffers && spare_bytes <= kMaxSpareBytes) {
+    if (c.items.owns_storage() && spare_item_buffers_.size() < kSpareItemBuffers && spare_bytes <= kMaxSpareBytes) {
       c.items.clear();
       spare_item_buffers_.push_back(std::move(c.items));
     }
@@ -966,6 +1007,7 @@ class PoolCore {
         w.out.clear();
         w.out_sent = 0;
         w.in_flight.clear();
+        w.lane_chunk = {};
         w.job_sent = 0;
         w.items_assigned = 0;
         w.ready = false;
@@ -1072,6 +1114,14 @@ class PoolCore {
       if (c.skip.size() == c.count) {
         chunks_.erase(id);
       } else {
+        // Its items may be in the dead worker's lane, which the replacement will be sent new
+        // chunks through: they move to memory of the chunk's own first.
+        if (!c.items.owns_storage()) {
+          Buffer own;
+          own.append(c.items.data(), c.items.size());
+          c.items = std::move(own);
+        }
+        c.lane = kNoLane;
         again.push_back(id);
       }
     }
@@ -1221,6 +1271,7 @@ class PoolCore {
 
   WorkerSlot* slots_ = nullptr;
   std::size_t slots_bytes_ = 0;
+  LaneArea lanes_;
   Fd control_;
   Fd wake_;
   pid_t zygote_pid_ = -1;

@@ -47,6 +47,9 @@ struct ChunkHeader {
   std::uint64_t job_id;
   std::uint32_t count;       // items in the chunk
   std::uint32_t skip_count;  // local indices (u32 each) that follow, not to be run again
+  std::uint32_t lane;        // the pair of lanes the chunk holds (see LaneArea), or kNoLane
+  std::uint32_t reserved;
+  std::uint64_t lane_bytes;  // > 0: the items are the first lane_bytes of the items lane, not in the frame
 };
 
 /// The start of a results frame's payload; the failures come first, then the values of the items
@@ -56,6 +59,7 @@ struct ResultsHeader {
   std::uint32_t failed_count;   // (u32 local index, RemoteException) pairs that follow
   std::uint64_t failures_size;  // bytes of the failure records
   std::uint64_t compute_ns;     // time spent running the chunk's items, for chunk sizing
+  std::uint64_t lane_bytes;     // > 0: the values are the first lane_bytes of the chunk's results lane, not in the frame
 };
 
 /// Upper bound on a frame from a worker; anything larger is a corrupt or hostile header.
@@ -83,9 +87,11 @@ struct ParsedResults {
   std::span<const std::byte> values;
 };
 
-/// Parses the payload of a results frame for a chunk of `count` items. The bytes come from a
-/// worker, so everything is checked; throws DecodeError on anything inconsistent.
-[[nodiscard]] inline ParsedResults parse_results(std::span<const std::byte> payload, std::uint32_t count) {
+/// Parses the payload of a results frame for a chunk of `count` items whose results lane is `lane`
+/// (empty if the chunk holds none). The bytes come from a worker, so everything is checked; throws
+/// DecodeError on anything inconsistent.
+[[nodiscard]] inline ParsedResults parse_results(std::span<const std::byte> payload, std::uint32_t count,
+                                                 std::span<const std::byte> lane = {}) {
   ParsedResults out;
   Decoder d(payload);
   d.read_bytes(&out.header, sizeof out.header);
@@ -102,7 +108,14 @@ struct ParsedResults {
     out.failed.emplace_back(local, decode_as<RemoteException>(failures));
   }
   if (failures.remaining() != 0) throw DecodeError("procpool: trailing bytes after the failure records");
-  out.values = d.take(d.remaining());
+  if (h.lane_bytes == 0) {
+    out.values = d.take(d.remaining());
+  } else {
+    if (h.lane_bytes > lane.size()) throw DecodeError("procpool: results claim " + std::to_string(h.lane_bytes) +
+                                                      " bytes of a lane of " + std::to_string(lane.size()));
+    if (d.remaining() != 0) throw DecodeError("procpool: results both in a lane and in the frame");
+    out.values = lane.first(static_cast<std::size_t>(h.lane_bytes));
+  }
   return out;
 }
 

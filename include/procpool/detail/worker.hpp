@@ -29,6 +29,7 @@
 #include "../codec.hpp"
 #include "buffer.hpp"
 #include "fd.hpp"
+#include "lanes.hpp"
 #include "remote_exception.hpp"
 #include "wire.hpp"
 
@@ -242,6 +243,7 @@ struct WorkerSetup {
   bool timed = false;
   const std::function<void()>* initializer = nullptr;
   const struct sigaction* caller_sigchld = nullptr;  // restored before user code runs
+  const LaneArea* lanes = nullptr;                    // may be unavailable: then no lanes are offered
 };
 
 /// The worker's side of its socket and mailbox: reads what has arrived in large pieces (one
@@ -409,12 +411,36 @@ inline int worker_main(int channel, const WorkerSetup& setup) {
       }
       case FrameKind::chunk: {
         ChunkHeader ch;
+        if (payload.size() < sizeof ch) return 4;  // the parent never does this
         std::memcpy(&ch, payload.data(), sizeof ch);
-        if (!runner || ch.job_id != runner_job) return 4;  // the parent never does this
+        if (!runner || ch.job_id != runner_job) return 4;
         const std::size_t skip_bytes = std::size_t{ch.skip_count} * sizeof(std::uint32_t);
-        ChunkWork work{payload.subspan(sizeof ch + skip_bytes), ch.count, payload.subspan(sizeof ch, skip_bytes),
-                       setup.slot, setup.timed};
-        values.clear();
+        std::span<const std::byte> items = payload.subspan(sizeof ch + skip_bytes);
+        // The results are encoded straight into the chunk's results lane, when it holds one: if
+        // they are large, the parent decodes them from there.
+        std::span<std::byte> results_lane;
+        if (ch.lane < LaneArea::kLanesPerWorker && setup.lanes != nullptr && setup.lanes->available()) {
+          const auto index = static_cast<std::size_t>(setup.index);
+          if (ch.lane_bytes > 0) {
+            const std::span<std::byte> lane = setup.lanes->items(index, ch.lane);
+            if (ch.lane_bytes > lane.size()) return 4;
+            items = lane.first(static_cast<std::size_t>(ch.lane_bytes));
+          }
+          results_lane = setup.lanes->results(index, ch.lane);
+        } else if (ch.lane_bytes > 0) {
+          return 4;
+        }
+        ChunkWork work{items, ch.count, payload.subspan(sizeof ch, skip_bytes), setup.slot, setup.timed};
+        if (results_lane.empty()) {
+          // A buffer still over an earlier chunk's lane must not write there any more.
+          if (values.owns_storage()) {
+            values.clear();
+          } else {
+            values = Buffer();
+          }
+        } else {
+          values = Buffer::over(results_lane.data(), results_lane.size());
+        }
         failures.clear();
         ChunkOutput out{values, failures};
         const std::int64_t t0 = monotonic_ns();
@@ -427,16 +453,19 @@ inline int worker_main(int channel, const WorkerSetup& setup) {
         // Cleared before the results are written: a death from here on loses no item's outcome
         // to blame, so the parent re-runs the chunk instead of accusing an item.
         setup.slot->chunk_id.store(0, std::memory_order_release);
+        const bool values_in_lane = !values.owns_storage() && values.size() >= kLaneThresholdBytes;
         const ResultsHeader rh{ch.count, out.failed_count, failures.size(),
-                               static_cast<std::uint64_t>(monotonic_ns() - t0)};
-        // The values go out straight from their buffer (writev), not copied behind the header.
+                               static_cast<std::uint64_t>(monotonic_ns() - t0), values_in_lane ? values.size() : 0};
+        // Values not left in the lane go out straight from their buffer (writev), not copied
+        // behind the header.
+        const std::size_t inline_values = values_in_lane ? 0 : values.size();
         frame.clear();
-        const FrameHeader fh{FrameKind::results, 0, h.id, sizeof rh + failures.size() + values.size()};
+        const FrameHeader fh{FrameKind::results, 0, h.id, sizeof rh + failures.size() + inline_values};
         frame.append(&fh, sizeof fh);
         frame.append(&rh, sizeof rh);
         frame.append(failures.data(), failures.size());
-        iovec parts[2] = {{frame.data(), frame.size()}, {values.data(), values.size()}};
-        if (writev_all(result_fd, parts, 2) != 0) exit_child(0);
+        iovec parts[2] = {{frame.data(), frame.size()}, {values.data(), inline_values}};
+        if (writev_all(result_fd, parts, inline_values > 0 ? 2 : 1) != 0) exit_child(0);
         setup.slot->to_parent.fetch_add(1, std::memory_order_release);
         break;
       }

@@ -102,6 +102,7 @@ struct ZygoteSetup {
   const std::function<void()>* initializer = nullptr;
   int buffer_size = 0;  // SO_SNDBUF / SO_RCVBUF of the worker sockets, 0 to leave the default
   struct sigaction caller_sigchld {};  // the caller's SIGCHLD disposition, restored in workers
+  const LaneArea* lanes = nullptr;
 };
 
 /// The zygote's main loop. Ends when the parent closes the control socket (or dies): then it kills
@@ -179,6 +180,7 @@ inline int zygote_main(int control, const ZygoteSetup& setup) {
       ws.timed = setup.timed;
       ws.initializer = setup.initializer;
       ws.caller_sigchld = &setup.caller_sigchld;
+      ws.lanes = setup.lanes;
       const int channel = worker_end.get();
       const pid_t pid = fork_child([&] { return worker_main(channel, ws); }, {channel},
                                    ForkOptions{.die_with_parent = true});
