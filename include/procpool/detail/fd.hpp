@@ -45,14 +45,23 @@ class FdRegistry {
   static constexpr int kMaxTracked = 1 << 16;  // descriptors above this are simply not tracked
 
   static void add(int fd) noexcept {
-    if (fd >= 0 && fd < kMaxTracked) word(fd).fetch_or(bit(fd), std::memory_order_relaxed);
+    if (fd < 0 || fd >= kMaxTracked) return;
+    // The mark first, so that a child forked in between never holds a bit above its mark.
+    std::atomic<int>& used = words_used();
+    int seen = used.load(std::memory_order_relaxed);
+    while (fd / 64 >= seen && !used.compare_exchange_weak(seen, fd / 64 + 1, std::memory_order_relaxed)) {
+    }
+    word(fd).fetch_or(bit(fd), std::memory_order_relaxed);
   }
   static void remove(int fd) noexcept {
     if (fd >= 0 && fd < kMaxTracked) word(fd).fetch_and(~bit(fd), std::memory_order_relaxed);
   }
   /// In a freshly forked child: closes every library descriptor not listed in `keep`.
   static void close_all_except(std::initializer_list<int> keep) noexcept {
-    for (int w = 0; w < kMaxTracked / 64; ++w) {
+    // Only up to the highest word ever used: the table's other pages were never touched, and
+    // reading them would cost the child a page fault each.
+    const int used = words_used().load(std::memory_order_relaxed);
+    for (int w = 0; w < used; ++w) {
       std::uint64_t bits = words()[w].load(std::memory_order_relaxed);
       while (bits != 0) {
         const int fd = w * 64 + std::countr_zero(bits);
@@ -68,6 +77,11 @@ class FdRegistry {
   static std::atomic<std::uint64_t>* words() noexcept {
     static std::atomic<std::uint64_t> table[kMaxTracked / 64] = {};
     return table;
+  }
+  /// One more than the index of the highest word that ever had a bit set.
+  static std::atomic<int>& words_used() noexcept {
+    static std::atomic<int> used{0};
+    return used;
   }
   static std::atomic<std::uint64_t>& word(int fd) noexcept { return words()[fd / 64]; }
   static std::uint64_t bit(int fd) noexcept { return std::uint64_t{1} << (fd % 64); }

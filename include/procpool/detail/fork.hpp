@@ -1,13 +1,21 @@
 // procpool::detail: the one place that forks, and the words for how a child ended.
 #pragma once
 
+#include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <initializer_list>
@@ -36,12 +44,65 @@ inline void flush_standard_streams() noexcept {
   std::fflush(nullptr);
 }
 
-/// Ends a forked child: flushes its output and leaves with _exit, so no atexit handler and no
-/// static destructor of the parent program runs in the child. Coverage data is written first.
+/// Ends a forked child that wrote nothing to the standard streams (the zygote) with _exit, so no
+/// atexit handler and no static destructor of the parent program runs in the child. Coverage
+/// data is written first.
+[[noreturn]] inline void exit_child_unflushed(int code) noexcept {
+  if (__gcov_dump != nullptr) __gcov_dump();
+  // Called through its address, resolved when the program started: _exit cannot be bound ahead
+  // by calling it (see bind_child_functions).
+  void (*volatile exit_now)(int) = &::_exit;
+  for (;;) exit_now(code);
+}
+
+/// Ends a forked child: flushes its output, then leaves as exit_child_unflushed does.
 [[noreturn]] inline void exit_child(int code) noexcept {
   flush_standard_streams();
-  if (__gcov_dump != nullptr) __gcov_dump();
-  ::_exit(code);
+  exit_child_unflushed(code);
+}
+
+/// Binds, once and in the calling process, the library functions that only the forked children
+/// call (the zygote and the workers), each by a call that does nothing (a bad descriptor, an
+/// impossible pid, a zero length) and leaves errno as it was. With lazy binding every process
+/// would otherwise look each of them up again on its first call: the dynamic linker's search
+/// faults in pages of every library's symbol tables and writes the caller's GOT, which costs a
+/// fresh child some hundred microseconds in a VM. Children inherit the bound entries. (Functions
+/// that cannot be called for nothing, _exit and mallopt, are called through their addresses
+/// instead, which the dynamic linker resolves when the program starts.)
+inline void bind_child_functions() noexcept {
+  static const bool bound = [] {
+    const int saved_errno = errno;
+    sigset_t set;
+    sigemptyset(&set);
+    int value = 0;
+    (void)::prctl(PR_GET_PDEATHSIG, &value);
+    (void)::getppid();
+    (void)::syscall(SYS_getpid);
+    (void)::poll(nullptr, 0, 0);
+    (void)::close(-1);
+    (void)::fcntl(-1, F_GETFL);
+    (void)::setsockopt(-1, SOL_SOCKET, SO_SNDBUF, &value, sizeof value);
+    msghdr msg{};
+    (void)::sendmsg(-1, &msg, MSG_NOSIGNAL);
+    (void)::recvmsg(-1, &msg, 0);
+    (void)::read(-1, nullptr, 0);
+    (void)::write(-1, nullptr, 0);
+    (void)::waitpid(::getpid(), nullptr, WNOHANG);  // we are not our own child: ECHILD
+    cpu_set_t none;
+    CPU_ZERO(&none);
+    (void)::sched_setaffinity(-1, sizeof none, &none);  // no such pid (and an empty set): fails
+    (void)::sched_yield();
+    (void)::madvise(nullptr, 0, MADV_NORMAL);
+    (void)::sysconf(_SC_PAGESIZE);
+    // Volatile: compilers turn realloc(nullptr, n) into malloc(n), or drop an unused block.
+    void* volatile block = nullptr;
+    block = std::realloc(block, 1);
+    std::free(block);
+    (void)std::chrono::steady_clock::now();
+    errno = saved_errno;
+    return true;
+  }();
+  (void)bound;
 }
 
 /// How the library forks.
@@ -50,6 +111,9 @@ struct ForkOptions {
   /// Only sound when the forking process is single-threaded (the signal follows the parent
   /// *thread*), so the pool sets it for workers forked by its single-threaded zygote.
   bool die_with_parent = false;
+  /// The forking process has written nothing to its streams since they were last flushed (the
+  /// zygote: forked right after a flush, it runs no user code), so they need no flush before fork.
+  bool streams_flushed = false;
 };
 
 /// Forks a child that runs `child_main()` and then exits with its return value via exit_child.
@@ -60,7 +124,8 @@ struct ForkOptions {
 template <class ChildMain>
 [[nodiscard]] pid_t fork_child(ChildMain&& child_main, std::initializer_list<int> keep_fds,
                                ForkOptions options = {}) {
-  flush_standard_streams();
+  bind_child_functions();
+  if (!options.streams_flushed) flush_standard_streams();
   sigset_t all;
   sigset_t old_mask;
   sigfillset(&all);

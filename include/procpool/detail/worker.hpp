@@ -364,9 +364,12 @@ inline int worker_main(int channel, const WorkerSetup& setup) {
   // blocks over 128 KiB to mmap and trims freed memory at the heap's top, so each megabyte-sized
   // item would be faulted in afresh, page by page (several microseconds a page in a VM), and
   // given back. Workers keep up to 128 MiB of freed memory for the next item instead. (The
-  // caller's process is left alone; an initializer may set its own values.)
-  (void)::mallopt(M_MMAP_THRESHOLD, 32 << 20);
-  (void)::mallopt(M_TRIM_THRESHOLD, 128 << 20);
+  // caller's process is left alone; an initializer may set its own values.) Called through its
+  // address, which the dynamic linker resolved when the program started: a first call through
+  // the lazily bound PLT entry would look the symbol up in every library (see bind_child_functions).
+  int (*volatile set_malloc_option)(int, int) = &::mallopt;
+  (void)set_malloc_option(M_MMAP_THRESHOLD, 32 << 20);
+  (void)set_malloc_option(M_TRIM_THRESHOLD, 128 << 20);
 #endif
   if (setup.caller_sigchld != nullptr) ::sigaction(SIGCHLD, setup.caller_sigchld, nullptr);
 

@@ -112,7 +112,12 @@ inline int zygote_main(int control, const ZygoteSetup& setup) {
     pid_t pid;
     Fd pidfd;
   };
+  // Room for every worker, made before the first fork: a zygote that allocates after a fork
+  // copies the allocator's pages it writes, which the child still shares.
   std::vector<Child> children;
+  children.reserve(setup.slots.size());
+  std::vector<pollfd> fds;
+  fds.reserve(setup.slots.size() + 1);
   std::vector<Fd> ignored;
   set_nonblocking(control, false);
   // A caller that ignores SIGCHLD would have the kernel reap the workers and discard how they
@@ -132,7 +137,7 @@ inline int zygote_main(int control, const ZygoteSetup& setup) {
   };
 
   for (;;) {
-    std::vector<pollfd> fds;
+    fds.clear();
     fds.push_back({control, POLLIN, 0});
     for (const Child& c : children) fds.push_back({c.pidfd.get(), POLLIN, 0});
     // Without pidfds (kernels before 5.3) children are checked for exit every 50 ms instead.
@@ -183,7 +188,7 @@ inline int zygote_main(int control, const ZygoteSetup& setup) {
       ws.lanes = setup.lanes;
       const int channel = worker_end.get();
       const pid_t pid = fork_child([&] { return worker_main(channel, ws); }, {channel},
-                                   ForkOptions{.die_with_parent = true});
+                                   ForkOptions{.die_with_parent = true, .streams_flushed = true});
       worker_end.reset();
       Fd pidfd = open_pidfd(pid);
       Fd pidfd_for_parent(pidfd ? ::fcntl(pidfd.get(), F_DUPFD_CLOEXEC, 0) : -1);
@@ -209,7 +214,7 @@ inline int zygote_main(int control, const ZygoteSetup& setup) {
   while (!children.empty()) {
     const auto left = std::chrono::ceil<std::chrono::milliseconds>(grace_end - std::chrono::steady_clock::now());
     if (left.count() <= 0) break;
-    std::vector<pollfd> fds;
+    fds.clear();
     for (const Child& c : children) fds.push_back({c.pidfd.get(), POLLIN, 0});
     if (poll_retry(fds.data(), fds.size(), static_cast<int>(std::min<std::int64_t>(left.count(), 10))) < 0) break;
     for (std::size_t k = children.size(); k-- > 0;) {
@@ -222,7 +227,7 @@ inline int zygote_main(int control, const ZygoteSetup& setup) {
   }
   for (Child& c : children) ::kill(c.pid, SIGKILL);
   while (!children.empty()) reap(children.size() - 1, false);
-  return 0;
+  exit_child_unflushed(0);  // the zygote wrote nothing to the standard streams
 }
 
 }  // namespace procpool::detail
