@@ -8,8 +8,9 @@
 //   {"workload": "map", "param": 1000000, "impl": "procpool", "items": 1000000, "samples": [s, ...]}
 //
 // samples are wall-clock seconds per repetition (or per round trip for "roundtrip"). The
-// repetitions of the implementations are interleaved (rep 1 of each, then rep 2 of each, ...) so
-// that a burst of load on this shared machine hits all of them alike. Any wrong result or
+// repetitions of the implementations are interleaved (rep 1 of each, then rep 2 of each, ...,
+// each rep starting one implementation later) so that a burst of load on this shared machine, or
+// the state one implementation leaves behind, hits all of them alike. Any wrong result or
 // exception ends the program with a message on stderr and exit status 1.
 #include <sys/wait.h>
 #include <unistd.h>
@@ -156,8 +157,15 @@ void run_interleaved(const std::string& workload, double param, double items, do
                      const std::vector<std::pair<std::string, std::function<void()>>>& bodies) {
   std::vector<Cell> cells;
   for (const auto& [impl, body] : bodies) cells.push_back({workload, param, impl, items, bytes, {}});
-  for (int r = 0; r < reps; ++r)
-    for (std::size_t k = 0; k < bodies.size(); ++k) cells[k].samples.push_back(time_once(bodies[k].second));
+  // Each repetition starts one implementation later, so that none always runs right after the
+  // same other one: what one leaves behind (freed memory the allocator may hand out again, or
+  // not; a cooling cache) then falls on each in turn.
+  for (int r = 0; r < reps; ++r) {
+    for (std::size_t j = 0; j < bodies.size(); ++j) {
+      const std::size_t k = (static_cast<std::size_t>(r) + j) % bodies.size();
+      cells[k].samples.push_back(time_once(bodies[k].second));
+    }
+  }
   for (const auto& c : cells) print(c);
 }
 
