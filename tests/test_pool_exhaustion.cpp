@@ -18,6 +18,7 @@
 #include <cctype>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -374,6 +375,32 @@ std::size_t address_space_in_use() {
   return 0;
 }
 
+/// True, after saying why, where RLIMIT_AS cannot be tested: AddressSanitizer's shadow memory
+/// reserves far more address space than any useful limit.
+bool address_space_limit_untestable() {
+  if (!PROCPOOL_TEST_ASAN) return false;
+  WARN("not run under AddressSanitizer: its shadow memory reserves far more address space than any useful RLIMIT_AS");
+  return true;
+}
+
+/// In an isolated body: lowers RLIMIT_AS to the address space in use plus `room` bytes. Returns
+/// the limit it replaced, or nullopt (the reason on stderr) if it could not.
+std::optional<rlimit> limit_address_space_to_use_plus(std::size_t room) {
+  const std::size_t in_use = address_space_in_use();
+  if (in_use == 0) {
+    std::fprintf(stderr, "cannot read VmSize from /proc/self/status\n");
+    return std::nullopt;
+  }
+  rlimit old{};
+  ::getrlimit(RLIMIT_AS, &old);
+  const rlimit tight{static_cast<rlim_t>(in_use + room), old.rlim_max};
+  if (::setrlimit(RLIMIT_AS, &tight) != 0) {
+    std::perror("setrlimit(RLIMIT_AS)");
+    return std::nullopt;
+  }
+  return old;
+}
+
 }  // namespace
 
 TEST_CASE("a pool constructed when RLIMIT_NPROC allows no fork at all throws procpool::Error naming RLIMIT_NPROC and leaves no child") {
@@ -467,20 +494,13 @@ TEST_CASE("when RLIMIT_NOFILE is lowered below the descriptors the pool holds an
 }
 
 TEST_CASE("a result too large for the parent's address space (RLIMIT_AS) fails with procpool::Error mentioning memory and the pool stays usable") {
-  if (PROCPOOL_TEST_ASAN) {
-    WARN("not run under AddressSanitizer: its shadow memory reserves far more address space than any useful RLIMIT_AS");
-    return;
-  }
+  if (address_space_limit_untestable()) return;
   const int status = run_isolated([] {
     procpool::Pool pool(with_workers(2));
     if (pool.map(square, iota_vector(16)) != squares(16)) return fail(1, "the first map was wrong");
     // Only the parent is limited: the workers are separate processes, forked before, with their own limit.
-    const std::size_t in_use = address_space_in_use();
-    if (in_use == 0) return fail(2, "cannot read VmSize");
-    rlimit old{};
-    ::getrlimit(RLIMIT_AS, &old);
-    const rlimit tight{static_cast<rlim_t>(in_use + (std::size_t{128} << 20)), old.rlim_max};
-    if (::setrlimit(RLIMIT_AS, &tight) != 0) return fail(3, "setrlimit(RLIMIT_AS)");
+    const std::optional<rlimit> old = limit_address_space_to_use_plus(std::size_t{128} << 20);
+    if (!old) return fail(2, "cannot lower RLIMIT_AS");
 
     const auto check_item_two = [](const std::exception_ptr& error) -> std::optional<std::string> {
       try {
@@ -546,7 +566,7 @@ TEST_CASE("a result too large for the parent's address space (RLIMIT_AS) fails w
     } catch (const std::exception& e) {
       code = fail(13, std::string("the pool threw: ") + e.what());
     }
-    ::setrlimit(RLIMIT_AS, &old);
+    ::setrlimit(RLIMIT_AS, &*old);
     if (code == 0 && pool.map(square, iota_vector(50)) != squares(50)) code = fail(14, "a map after the limit was lifted was wrong");
     return code;
   });
@@ -555,18 +575,10 @@ TEST_CASE("a result too large for the parent's address space (RLIMIT_AS) fails w
 }
 
 TEST_CASE("a pool constructed under an RLIMIT_AS too tight for its shared lanes still moves large payloads, through its sockets") {
-  if (PROCPOOL_TEST_ASAN) {
-    WARN("not run under AddressSanitizer: its shadow memory reserves far more address space than any useful RLIMIT_AS");
-    return;
-  }
+  if (address_space_limit_untestable()) return;
   const int status = run_isolated([] {
-    const std::size_t in_use = address_space_in_use();
-    if (in_use == 0) return fail(1, "cannot read VmSize");
     // Room for the pool and the payloads below, not for the lanes of two workers (128 MiB).
-    rlimit old{};
-    ::getrlimit(RLIMIT_AS, &old);
-    const rlimit tight{static_cast<rlim_t>(in_use + (std::size_t{96} << 20)), old.rlim_max};
-    if (::setrlimit(RLIMIT_AS, &tight) != 0) return fail(2, "setrlimit(RLIMIT_AS)");
+    if (!limit_address_space_to_use_plus(std::size_t{96} << 20)) return fail(1, "cannot lower RLIMIT_AS");
     using Bytes = std::vector<unsigned char>;
     const auto flipped = [](const Bytes& in) {
       Bytes out(in);
