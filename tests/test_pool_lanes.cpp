@@ -1,12 +1,15 @@
 // procpool::Pool: large items and results travel through lanes of shared memory instead of the
 // workers' sockets (detail/lanes.hpp); they must arrive intact whatever path they take, even when
 // a worker dies while its lanes hold them.
+#include <algorithm>
 #include <csignal>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
 #include <fstream>
 #include <procpool/pool.hpp>
+#include <procpool/process.hpp>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -50,6 +53,23 @@ std::uint64_t bytes_read_by_this_process() {
     if (key == "rchar:") return value;
   }
   return 0;
+}
+
+/// The sizes of this process's shared anonymous mappings (where a pool's lanes live).
+std::vector<std::uint64_t> shared_anonymous_mappings() {
+  std::vector<std::uint64_t> sizes;
+  std::ifstream maps("/proc/self/maps");
+  for (std::string line; std::getline(maps, line);) {
+    if (line.find("/dev/zero (deleted)") == std::string::npos) continue;
+    std::istringstream fields(line);
+    std::string range;
+    std::string perms;
+    fields >> range >> perms;
+    if (perms.size() < 4 || perms[3] != 's') continue;
+    const auto dash = range.find('-');
+    sizes.push_back(std::stoull(range.substr(dash + 1), nullptr, 16) - std::stoull(range.substr(0, dash), nullptr, 16));
+  }
+  return sizes;
 }
 
 std::vector<Bytes> inputs(int n, std::size_t size) {
@@ -165,4 +185,17 @@ TEST_CASE("large payloads through submit and imap use the lanes and arrive intac
     ++i;
   }
   CHECK(i == in.size());
+}
+
+TEST_CASE("processes the caller forks after a pool started do not inherit the pool's lanes") {
+  // The lanes of two workers: two pairs of 16 MiB lanes each, one mapping.
+  const auto count_lanes = [](const std::vector<std::uint64_t>& sizes) {
+    return std::count(sizes.begin(), sizes.end(), std::uint64_t{2 * 4 * 16 * kMiB});
+  };
+  const auto before = count_lanes(shared_anonymous_mappings());
+  procpool::Pool pool{two_workers()};
+  REQUIRE(count_lanes(shared_anonymous_mappings()) == before + 1);
+  procpool::Process child{[] { return shared_anonymous_mappings(); }};
+  child.start();
+  CHECK(count_lanes(child.get()) == before);
 }
