@@ -336,6 +336,45 @@ void workload_payload(const Settings& s) {
   check(dst[dst.size() / 2] == 7, "memcpy");
 }
 
+/// (8) Long items, as many as the workers and one more: n busy loops of `ms` each through map and
+/// through n submits (then get on each). An idle worker must never wait while another one holds
+/// an item that has not started: the makespan should be ceil(n / workers) items. Also times one
+/// item alone ("longest") so that this ideal is known from this run.
+void workload_long(const Settings& s) {
+  const double ms = s.smoke ? 20.0 : 200.0;
+  const int reps = s.smoke ? 1 : 3;
+  const auto iters = static_cast<std::uint64_t>(spin_iters_per_ms() * ms);
+  procpool::Pool pool{kWorkers};
+  (void)pool.map(spin, std::vector<std::uint64_t>(4, 1000));
+  for (int i = 0; i < 4; ++i) (void)pool.submit(spin, std::uint64_t{1000}).get();
+  for (const std::size_t n : {kWorkers, kWorkers + 1}) {
+    const std::vector<std::uint64_t> in(n, iters);
+    const auto expect = sequential_map(in, spin);
+    std::vector<std::uint64_t> out_map;
+    std::vector<std::uint64_t> out_submit;
+    std::vector<std::uint64_t> out_threads;
+    std::vector<std::uint64_t> out_sequential;
+    std::vector<procpool::Future<std::uint64_t>> futures;
+    volatile std::uint64_t sink = 0;
+    run_interleaved("long", static_cast<double>(n), static_cast<double>(n), 0, reps,
+                    {{"procpool", [&] { out_map = pool.map(spin, in); }},
+                     {"procpool_submit", [&] {
+                        futures.clear();
+                        for (const auto x : in) futures.push_back(pool.submit(spin, x));
+                        out_submit.clear();
+                        for (auto& f : futures) out_submit.push_back(f.get());
+                      }},
+                     {"threads", [&] { out_threads = thread_map(in, spin); }},
+                     {"sequential", [&] { out_sequential = sequential_map(in, spin); }},
+                     {"longest", [&] { sink = spin(in[0]); }}});
+    (void)sink;
+    check(out_map == expect, "long map");
+    check(out_submit == expect, "long submit");
+    check(out_threads == expect, "long threads");
+    check(out_sequential == expect, "long sequential");
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -348,7 +387,7 @@ int main(int argc, char** argv) {
     } else if (a == "--workload" && i + 1 < argc) {
       workload = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: %s --workload map|submit|roundtrip|startup|balanced|skewed|payload [--smoke]\n",
+      std::fprintf(stderr, "usage: %s --workload map|submit|roundtrip|startup|balanced|skewed|payload|long [--smoke]\n",
                    argv[0]);
       return 2;
     }
@@ -356,7 +395,7 @@ int main(int argc, char** argv) {
   const std::map<std::string, void (*)(const Settings&)> workloads = {
       {"map", workload_map},           {"submit", workload_submit}, {"roundtrip", workload_roundtrip},
       {"startup", workload_startup},   {"balanced", workload_balanced}, {"skewed", workload_skewed},
-      {"payload", workload_payload}};
+      {"payload", workload_payload},   {"long", workload_long}};
   const auto it = workloads.find(workload);
   if (it == workloads.end()) {
     std::fprintf(stderr, "procpool_bench: unknown workload '%s'\n", workload.c_str());

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The Python side of benchmarks/compare: the same workloads as procpool_bench.cpp, run with
 multiprocessing.Pool ("py_pool", default chunksize) and concurrent.futures.ProcessPoolExecutor
-("py_ppe", its default chunksize of 1), 2 workers each, default start method.
+("py_ppe", its default chunksize of 1), 2 workers each, default start method; "long" also times
+Pool.apply_async ("py_pool_async") and ProcessPoolExecutor.submit ("py_ppe_submit").
 
     python3 py_workloads.py --workload NAME [--smoke]
     python3 py_workloads.py --check
@@ -217,10 +218,37 @@ def workload_payload(smoke, pool, ppe):
     ], items=items, nbytes=2 * items * MIB)
 
 
+def workload_long(smoke, pool, ppe):
+    """n long items, n = workers and workers + 1: makespan against ceil(n / workers) items."""
+    ms = 20.0 if smoke else 200.0
+    reps = 1 if smoke else 3
+    iters = int(spin_iters_per_ms() * ms)
+    for n in (WORKERS, WORKERS + 1):
+        xs = [iters] * n
+        expect = [spin(x) for x in xs]
+
+        def via_apply_async():
+            rs = [pool.apply_async(spin, (x,)) for x in xs]
+            check([r.get() for r in rs] == expect, "long apply_async")
+
+        def via_ppe_submit():
+            fs = [ppe.submit(spin, x) for x in xs]
+            check([f.result() for f in fs] == expect, "long submit")
+
+        interleaved("long", n, reps, [
+            ("py_pool", lambda: check(pool.map(spin, xs) == expect, "long Pool.map")),
+            ("py_pool_async", via_apply_async),
+            ("py_ppe", lambda: check(list(ppe.map(spin, xs)) == expect, "long PPE.map")),
+            ("py_ppe_submit", via_ppe_submit),
+            ("py_sequential", lambda: [spin(x) for x in xs]),
+            ("py_longest", lambda: spin(xs[0])),
+        ], items=n)
+
+
 WORKLOADS = {
     "map": workload_map, "submit": workload_submit, "roundtrip": workload_roundtrip,
     "startup": workload_startup, "balanced": workload_balanced, "skewed": workload_skewed,
-    "payload": workload_payload,
+    "payload": workload_payload, "long": workload_long,
 }
 
 
