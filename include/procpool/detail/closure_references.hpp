@@ -1,0 +1,294 @@
+// procpool::detail: tells a trivially copyable callable whose bytes may point into memory that
+// changes after a pool started (a `[&]` lambda, a captured `this` or heap pointer) from one that holds
+// plain values, code addresses or read-only data only; and procpool::use_snapshot, the explicit
+// opt-out for callables whose pointers may use the workers' snapshot of memory (fork pitfall 14).
+#pragma once
+
+#include <elf.h>
+#include <link.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <mutex>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace procpool::detail {
+
+/// Whether a word could hold the address of something in this process, by its value alone: no
+/// system call. Below 64 KiB lies nothing (vm.mmap_min_addr's default); at or above 2^56 lies no user
+/// address on any 64-bit Linux (x86-64 with 5-level paging ends just below it), and the bit patterns
+/// of most doubles and of every negative number land there.
+[[nodiscard]] constexpr bool could_be_user_address(std::uintptr_t word) noexcept {
+  if (word < (std::uintptr_t{1} << 16)) return false;
+  if constexpr (sizeof(std::uintptr_t) == 8) {
+#if defined(__aarch64__)
+    // The top byte is a tag the hardware ignores (TBI, MTE, HWASan): judge the address under it.
+    // User addresses end at 52 bits there.
+    word &= (std::uintptr_t{1} << 56) - 1;
+    if (word < (std::uintptr_t{1} << 16) || word >= (std::uintptr_t{1} << 52)) return false;
+#else
+    if (word >= (std::uintptr_t{1} << 56)) return false;
+#endif
+  }
+  return true;
+}
+
+/// The address ranges of the loaded modules' segments without write permission (code, read-only
+/// data, the vDSO): what a pointer into them refers to is the same in the parent and in a worker
+/// forked earlier. Segments made read-only after relocation (RELRO: .data.rel.ro, the GOT) are
+/// PF_W in the program headers and stay out: treating them as changing costs only speed.
+/// Rebuilt when dl_iterate_phdr's load or unload counters move, so that a library unloaded (and its
+/// addresses reused by a writable mapping) is never taken for stable.
+class ReadOnlySegments {
+ public:
+  /// The process-wide list. Never destroyed: a thread may still scan while statics are destroyed.
+  static ReadOnlySegments& instance() noexcept {
+    static ReadOnlySegments* const segments = new ReadOnlySegments;
+    return *segments;
+  }
+
+  /// Holds the list current and locked for a sequence of lookups (one closure's words): the counters
+  /// are read and, if they moved, the list rebuilt once per Lookup, not once per word.
+  class Lookup {
+   public:
+    explicit Lookup(ReadOnlySegments& segments) noexcept : segments_(segments), lock_(segments.mutex_) {
+      usable_ = segments_.refresh();
+    }
+    /// Whether `address` lies inside a read-only segment of a module loaded now.
+    [[nodiscard]] bool contains(std::uintptr_t address) const noexcept {
+      if (!usable_) return false;
+      const std::vector<Range>& ranges = segments_.ranges_;
+      // The first range starting above `address`; the one before it is the only candidate.
+      auto it = std::upper_bound(ranges.begin(), ranges.end(), address,
+                                 [](std::uintptr_t a, const Range& r) { return a < r.begin; });
+      return it != ranges.begin() && address < std::prev(it)->end;
+    }
+
+   private:
+    ReadOnlySegments& segments_;
+    std::lock_guard<std::mutex> lock_;
+    bool usable_ = false;
+  };
+
+ private:
+  struct Range {
+    std::uintptr_t begin;
+    std::uintptr_t end;  // one past the segment's last byte
+  };
+  struct Counters {
+    unsigned long long adds = 0;
+    unsigned long long subs = 0;
+    bool known = false;  // a C library without the counters: rebuild every time, never trust a cache
+  };
+  struct Collected {
+    std::vector<Range>* ranges;
+    Counters counters;
+    bool failed = false;
+  };
+
+  ReadOnlySegments() = default;
+
+  static void read_counters(const dl_phdr_info* info, std::size_t size, Counters& out) noexcept {
+    if (size >= offsetof(dl_phdr_info, dlpi_subs) + sizeof(info->dlpi_subs)) {
+      out.adds = info->dlpi_adds;
+      out.subs = info->dlpi_subs;
+      out.known = true;
+    }
+  }
+
+  /// Brings the list up to date; false if it could not be built (then nothing counts as stable).
+  /// Called with mutex_ held.
+  bool refresh() noexcept {
+    Counters now;
+    // Every entry carries the same counters: the first one is enough.
+    dl_iterate_phdr(
+        [](dl_phdr_info* info, std::size_t size, void* data) noexcept -> int {
+          read_counters(info, size, *static_cast<Counters*>(data));
+          return 1;
+        },
+        &now);
+    if (built_ && now.known && now.adds == counters_.adds && now.subs == counters_.subs) return true;
+
+    built_ = false;
+    ranges_.clear();
+    Collected collected{&ranges_, {}, false};
+    // Allocation happens under the loader's lock, as any dl_iterate_phdr user's may (the unwinder's).
+    dl_iterate_phdr(
+        [](dl_phdr_info* info, std::size_t size, void* data) noexcept -> int {
+          auto& out = *static_cast<Collected*>(data);
+          read_counters(info, size, out.counters);
+          for (ElfW(Half) i = 0; i < info->dlpi_phnum; ++i) {
+            const ElfW(Phdr)& ph = info->dlpi_phdr[i];
+            if (ph.p_type != PT_LOAD || (ph.p_flags & PF_W) != 0 || ph.p_memsz == 0) continue;
+            const std::uintptr_t begin = info->dlpi_addr + ph.p_vaddr;
+            try {
+              out.ranges->push_back(Range{begin, begin + ph.p_memsz});
+            } catch (...) {
+              out.failed = true;
+              return 1;
+            }
+          }
+          return 0;
+        },
+        &collected);
+    if (collected.failed) {
+      ranges_.clear();
+      return false;
+    }
+    std::sort(ranges_.begin(), ranges_.end(), [](const Range& a, const Range& b) { return a.begin < b.begin; });
+    counters_ = collected.counters;
+    built_ = counters_.known;  // without counters the next Lookup rebuilds: a stale list is unsafe
+    return true;
+  }
+
+  std::mutex mutex_;
+  std::vector<Range> ranges_;  // sorted by begin; segments never overlap
+  Counters counters_;
+  bool built_ = false;
+};
+
+/// Whether the page holding `address` is mapped in this process (with any protection). One
+/// mincore call: ENOMEM is the kernel's "not mapped"; any other failure counts as mapped.
+[[nodiscard]] inline bool is_mapped(std::uintptr_t page) noexcept {
+  unsigned char resident = 0;
+  if (::mincore(reinterpret_cast<void*>(page), 1, &resident) == 0) return true;
+  return errno != ENOMEM;
+}
+
+[[nodiscard]] inline std::uintptr_t page_size() noexcept {
+  static const std::uintptr_t size = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+  return size;
+}
+
+/// Whether the bytes of a trivially copyable callable may hold a pointer into memory that can change
+/// after a pool started, so that a worker forked earlier would read a stale snapshot through it.
+///
+/// Judged as a conservative garbage collector judges roots: every pointer-aligned word (offsets 0, 8,
+/// ... from `bytes`, which is where a closure's pointer members lie) that holds the address of a
+/// mapped page outside the loaded modules' read-only segments counts as a reference: stacks, heap,
+/// anonymous and file mappings, modules' data and bss. Not references: values that cannot be user
+/// addresses (below 64 KiB, at or above 2^56: small integers, enums, negative numbers, most doubles),
+/// addresses in code or read-only data (function pointers, string literals, const tables of plain
+/// values), and addresses no mapping holds now. Errs towards true: a number that happens to equal a
+/// mapped address, or a pointer to a read-only mapping outside any module, counts as a reference
+/// (costing only speed); padding bytes are read too and may do the same.
+///
+/// Cost: no system call for words filtered by value; a locked lookup (and, rarely, a rebuild after a
+/// dlopen or dlclose) for the rest; one mincore call per remaining word on a new page, stopping at
+/// the first mapped one. Thread-safe. Not for a forked child of a multithreaded parent (it locks).
+[[nodiscard]] inline bool may_reference_changing_memory(const void* bytes, std::size_t size) noexcept {
+  constexpr std::size_t word_size = sizeof(std::uintptr_t);
+  if (size < word_size) return false;
+  const auto* p = static_cast<const unsigned char*>(bytes);
+  const std::uintptr_t page_mask = ~(page_size() - 1);
+
+  std::uintptr_t candidates[16];  // bounded: larger closures are judged in several rounds
+  std::size_t offset = 0;
+  std::uintptr_t unmapped_page = 0;  // never a candidate's page: 0 is below 64 KiB
+  while (offset + word_size <= size) {
+    // Gather the words worth a lookup first, so that plain values never take the lock.
+    std::size_t count = 0;
+    for (; offset + word_size <= size && count < std::size(candidates); offset += word_size) {
+      std::uintptr_t word;
+      std::memcpy(&word, p + offset, word_size);  // the closure's bytes, never what they point at
+      if (could_be_user_address(word)) candidates[count++] = word;
+    }
+    if (count == 0) continue;
+
+    ReadOnlySegments::Lookup segments(ReadOnlySegments::instance());
+    for (std::size_t i = 0; i < count; ++i) {
+      std::uintptr_t address = candidates[i];
+#if defined(__aarch64__)
+      address &= (std::uintptr_t{1} << 56) - 1;  // the tag is no part of the address
+#endif
+      if (segments.contains(address)) continue;
+      const std::uintptr_t page = address & page_mask;
+      if (page == unmapped_page) continue;
+      if (is_mapped(page)) return true;
+      unmapped_page = page;
+    }
+  }
+  return false;
+}
+
+/// The same judgement for a callable object: no scan at all (false at compile time) for a type that
+/// is empty or cannot hold an aligned pointer member (smaller than a pointer, or less aligned).
+template <class F>
+  requires std::is_trivially_copyable_v<F>
+[[nodiscard]] bool callable_may_reference_changing_memory(const F& f) noexcept {
+  if constexpr (std::is_empty_v<F> || sizeof(F) < sizeof(void*) || alignof(F) < alignof(void*)) {
+    return false;
+  } else {
+    return may_reference_changing_memory(std::addressof(f), sizeof(F));
+  }
+}
+
+}  // namespace procpool::detail
+
+namespace procpool {
+
+/// A callable marked by procpool::use_snapshot: f's pointers and references refer to data that
+/// existed before the pool started and has not changed since (or need not be current), so the pool
+/// runs f in its persistent workers as its bytes, without checking them for references. Callable
+/// exactly as F is; trivially copyable when F is.
+template <class F>
+struct UseSnapshot {
+  F f;
+
+  template <class... Args>
+  constexpr std::invoke_result_t<F&, Args...> operator()(Args&&... args) & noexcept(
+      std::is_nothrow_invocable_v<F&, Args...>) {
+    return std::invoke(f, std::forward<Args>(args)...);
+  }
+  template <class... Args>
+  constexpr std::invoke_result_t<const F&, Args...> operator()(Args&&... args) const& noexcept(
+      std::is_nothrow_invocable_v<const F&, Args...>) {
+    return std::invoke(f, std::forward<Args>(args)...);
+  }
+  template <class... Args>
+  constexpr std::invoke_result_t<F&&, Args...> operator()(Args&&... args) && noexcept(
+      std::is_nothrow_invocable_v<F&&, Args...>) {
+    return std::invoke(std::move(f), std::forward<Args>(args)...);
+  }
+  template <class... Args>
+  constexpr std::invoke_result_t<const F&&, Args...> operator()(Args&&... args) const&& noexcept(
+      std::is_nothrow_invocable_v<const F&&, Args...>) {
+    return std::invoke(std::move(f), std::forward<Args>(args)...);
+  }
+};
+
+/// Marks `f` as free to use the workers' snapshot of memory: f's pointers and references refer to
+/// data that existed before the pool started and has not changed since (or need not be current), so
+/// run f in the persistent workers as its bytes, without the check for references. Without it, a
+/// trivially copyable callable whose bytes hold addresses of writable memory runs in freshly forked
+/// workers, which see memory as it is now. Only meaningful for trivially copyable callables (others
+/// travel as encoded values, never as addresses).
+template <class F>
+[[nodiscard]] constexpr UseSnapshot<std::decay_t<F>> use_snapshot(F&& f) noexcept(
+    std::is_nothrow_constructible_v<std::decay_t<F>, F&&>) {
+  return UseSnapshot<std::decay_t<F>>{std::forward<F>(f)};
+}
+
+}  // namespace procpool
+
+namespace procpool::detail {
+
+template <class F>
+struct is_use_snapshot : std::false_type {};
+template <class F>
+struct is_use_snapshot<UseSnapshot<F>> : std::true_type {};
+
+/// Whether F (cv- and reference-qualifiers ignored) was marked by procpool::use_snapshot: the pool
+/// skips the scan for references for it.
+template <class F>
+inline constexpr bool is_use_snapshot_v = is_use_snapshot<std::remove_cvref_t<F>>::value;
+
+}  // namespace procpool::detail
