@@ -23,6 +23,13 @@
 
 namespace procpool {
 
+/// What Process::exitcode() (and the ProcessError from get()) reports for a child whose ending is
+/// unknown: another waiter in this process reaped it first (a SIGCHLD handler looping on
+/// waitpid(-1), or the kernel when SIGCHLD is ignored) on a kernel that cannot give the status
+/// back (Linux before 6.15; from 6.15 procpool reads it from the child's pidfd). Never 0, so an
+/// unknown ending never reads as success; and neither an exit code (0..255) nor -signal.
+inline constexpr int exitcode_unknown = detail::kExitcodeUnknown;
+
 namespace detail {
 
 /// The first byte of a child's reply.
@@ -62,6 +69,21 @@ struct ProcessTaskFor final : ProcessTask<R> {
   F f;
   std::tuple<Args...> args;
 };
+
+/// The ProcessError for a child that ended without a reply, from its exitcode (Python's
+/// convention, or exitcode_unknown). `who` names the child, e.g. "procpool::Process: the child
+/// process 1234".
+[[nodiscard]] inline ProcessError ended_without_result(const std::string& who, int exitcode) {
+  if (exitcode == kExitcodeUnknown)
+    return ProcessError(who + " ended without returning a result, and how it ended is unknown: another waitpid in "
+                              "this process (a SIGCHLD handler calling waitpid(-1)?) or the kernel (SIGCHLD set "
+                              "to SIG_IGN or SA_NOCLDWAIT) took its exit status, and this kernel cannot give it "
+                              "back (Linux 6.15 can); reap only your own children's pids to keep it",
+                        exitcode);
+  if (exitcode == 0)
+    return ProcessError(who + " exited with code 0 without returning a result (did it call exit(0)?)", exitcode);
+  return ProcessError(who + " " + describe_ending(exitcode) + " before returning a result", exitcode);
+}
 
 }  // namespace detail
 
@@ -110,15 +132,19 @@ class Process {
   /// Joins a started child (see the class comment).
   ~Process() { join_if_started(); }
 
-  /// Forks the child, which runs the callable. Throws procpool::Error if already started, or if
-  /// the pipe or the fork fails (e.g. RLIMIT_NPROC, EMFILE), in which case no child exists.
+  /// Forks the child, which runs the callable. Throws procpool::Error if already started or moved
+  /// from, or if the pipe or the fork fails (e.g. RLIMIT_NPROC, EMFILE), in which case no child exists.
   void start() {
-    if (!task_) throw Error("procpool::Process::start: this process was already started (a Process runs once)");
+    if (moved_from())
+      throw Error("procpool::Process::start: this Process was moved from; start the Process it was moved to");
+    if (!task_)
+      throw Error("procpool::Process::start: this Process was already started (a Process runs once; "
+                  "construct a new Process to run the callable again)");
     auto state = std::make_unique<State>();
     detail::Pipe pipe = detail::make_pipe();
     const int reply_fd = pipe.write.get();
     detail::ProcessTask<R>* task = task_.get();
-    state->pid = detail::fork_child(
+    detail::ForkedChild child = detail::fork_child_with_pidfd(
         [task, reply_fd]() -> int {
           detail::Buffer reply;
           task->run(reply);
@@ -126,26 +152,31 @@ class Process {
           return detail::write_all(reply_fd, reply.data(), reply.size()) == 0 ? 0 : 1;
         },
         {reply_fd});
+    state->pid = child.pid;
+    state->pidfd = std::move(child.pidfd);
     pipe.write.reset();
     detail::set_nonblocking(pipe.read.get(), true);
     state->reply = std::move(pipe.read);
-    state->pidfd = detail::open_pidfd(state->pid);
     state_ = std::move(state);
     task_.reset();  // the callable's state now lives in the child; free ours
   }
 
   /// Waits until the child has ended, collecting its reply meanwhile (so a large result never
-  /// deadlocks), and reaps it. Throws procpool::Error if the process was never started.
-  void join() { (void)wait(std::nullopt); }
+  /// deadlocks), and reaps it. Throws procpool::Error if the process was never started or was
+  /// moved from.
+  void join() { (void)wait(std::nullopt, "join"); }
 
   /// Like join() but gives up after `timeout`; returns true if the child has ended.
   template <class Rep, class Period>
   [[nodiscard]] bool join_for(std::chrono::duration<Rep, Period> timeout) {
-    return wait(std::chrono::duration_cast<std::chrono::nanoseconds>(timeout));
+    return wait(std::chrono::duration_cast<std::chrono::nanoseconds>(timeout), "join_for");
   }
 
-  /// nullopt while the child runs (or before start), else its exit code, or -signal if a signal
-  /// killed it (Python's convention). Reaps the child if it has ended.
+  /// nullopt while the child runs (or before start, or on a moved-from Process), else its exit
+  /// code, or -signal if a signal killed it (Python's convention). Reaps the child if it has ended.
+  /// The status survives a caller that reaps children itself (a SIGCHLD handler looping on
+  /// waitpid(-1), or SIGCHLD ignored) on Linux 6.15 and later; on older kernels such a child's
+  /// ending is unknown and this returns procpool::exitcode_unknown (never 0).
   [[nodiscard]] std::optional<int> exitcode() const {
     if (state_) state_->poll_exit();
     return state_ ? state_->exitcode : std::nullopt;
@@ -167,9 +198,10 @@ class Process {
   void kill() { signal(SIGKILL); }
 
   /// Joins, then returns the child's result. Throws RemoteError if the callable threw, and
-  /// ProcessError if the child was killed or exited before returning a result.
+  /// ProcessError if the child was killed or exited before returning a result (its exitcode() is
+  /// exitcode_unknown if how it ended is unknown, see exitcode()).
   R get() {
-    join();
+    (void)wait(std::nullopt, "get");
     const State& s = *state_;
     const std::string who = "procpool::Process: the child process " + std::to_string(s.pid);
     if (s.reply_bytes.size() > 0) {
@@ -192,14 +224,7 @@ class Process {
         // An incomplete reply: the child died while writing it; reported below with its cause.
       }
     }
-    if (s.status_lost)
-      throw ProcessError(who + " ended without returning a result; how it ended is unknown because this process "
-                               "ignores SIGCHLD, so the kernel discarded the exit status",
-                         *s.exitcode);
-    const int code = *s.exitcode;
-    if (code == 0)
-      throw ProcessError(who + " exited with code 0 without returning a result (did it call exit(0)?)", code);
-    throw ProcessError(who + " " + detail::describe_ending(code) + " before returning a result", code);
+    throw detail::ended_without_result(who, *s.exitcode);
   }
 
  private:
@@ -208,8 +233,7 @@ class Process {
     detail::Fd reply;
     detail::Fd pidfd;
     detail::Buffer reply_bytes;
-    std::optional<int> exitcode;
-    bool status_lost = false;  // see reap()
+    std::optional<int> exitcode;  // set once ended: Python's convention, or exitcode_unknown
 
     /// Reads what is available without blocking; returns false at end-of-file.
     bool read_available() {
@@ -233,10 +257,12 @@ class Process {
         exitcode = detail::exitcode_from_status(status);
         pidfd.reset();
       } else if (r < 0 && errno == ECHILD) {
-        // The caller ignores SIGCHLD (or set SA_NOCLDWAIT): the kernel reaped the child itself and
-        // discarded its exit status.
-        status_lost = true;
-        exitcode = 0;
+        // Someone reaped the child before us: the caller's SIGCHLD handler calling waitpid(-1), or
+        // the kernel when the caller ignores SIGCHLD or set SA_NOCLDWAIT. The pidfd, opened before
+        // that, may still know the status; if not, the ending is unknown, which must never read
+        // as success.
+        const std::optional<int> status_from_pidfd = detail::reaped_child_status(pidfd.get());
+        exitcode = status_from_pidfd ? detail::exitcode_from_status(*status_from_pidfd) : detail::kExitcodeUnknown;
         pidfd.reset();
       }
     }
@@ -244,9 +270,14 @@ class Process {
     void poll_exit() { reap(WNOHANG); }
   };
 
-  /// Collects the reply until the child ends or the deadline passes; true if it ended.
-  bool wait(std::optional<std::chrono::nanoseconds> timeout) {
-    if (!state_) throw Error("procpool::Process: join() or get() before start(): start the process first");
+  /// Collects the reply until the child ends or the deadline passes; true if it ended. `caller`
+  /// names the public function, for the messages.
+  bool wait(std::optional<std::chrono::nanoseconds> timeout, const char* caller) {
+    if (moved_from())
+      throw Error(std::string("procpool::Process::") + caller + ": this Process was moved from; call " + caller +
+                  "() on the Process it was moved to");
+    if (!state_)
+      throw Error(std::string("procpool::Process::") + caller + ": this Process was not started; call start() first");
     State& s = *state_;
     const auto deadline = std::chrono::steady_clock::now() + timeout.value_or(std::chrono::nanoseconds{0});
     while (!s.exitcode) {
@@ -289,12 +320,16 @@ class Process {
     ::kill(s.pid, sig);
   }
 
+  /// Neither a callable to run nor a started child: what a move leaves behind (start() keeps the
+  /// state, a failed start() keeps the callable).
+  [[nodiscard]] bool moved_from() const noexcept { return !task_ && !state_; }
+
   void join_if_started() noexcept {
     if (!state_) return;
     try {
       join();
     } catch (...) {
-      // A destructor must not throw; join() only throws for a process never started.
+      // A destructor must not throw; join() only throws for a process never started or moved from.
     }
   }
 
