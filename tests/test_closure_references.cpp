@@ -155,12 +155,19 @@ TEST_CASE("a pointer to a static const table of numbers is not a reference", "[c
 }
 
 TEST_CASE("a pointer among several numbers is found", "[closure_references]") {
+  // Ints in pairs, so that no padding (whose bytes are indeterminate) lies between the members.
   int k = 10;
-  int a = 1, b = 2, c = 3;
+  int a = 1, b = 2, c = 3, e = 4;
   std::int64_t big = 1'000'000;
   double d = 2.5;
-  CHECK(judged([a, b, &k, c, big, d](int x) { return x * a + b * k + c + static_cast<int>(big) + static_cast<int>(d); }));
-  CHECK_FALSE(judged([a, b, c, big, d](int x) { return x * a + b + c + static_cast<int>(big) + static_cast<int>(d); }));
+  auto with_reference = [a, b, &k, c, e, big, d](int x) {
+    return x * a + b * k + c + e + static_cast<int>(big) + static_cast<int>(d);
+  };
+  STATIC_REQUIRE(sizeof(with_reference) == 5 * 8);
+  CHECK(judged(with_reference));
+  auto values_only = [a, b, c, e, big, d](int x) { return x * a + b + c + e + static_cast<int>(big) + static_cast<int>(d); };
+  STATIC_REQUIRE(sizeof(values_only) == 4 * 8);
+  CHECK_FALSE(judged(values_only));
 }
 
 TEST_CASE("a closure of many words is scanned to its last word", "[closure_references]") {

@@ -15,10 +15,25 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <iterator>
 #include <mutex>
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define PROCPOOL_DETAIL_ASAN_SHADOW 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define PROCPOOL_DETAIL_ASAN_SHADOW 1
+#endif
+#endif
+#if defined(PROCPOOL_DETAIL_ASAN_SHADOW) && !defined(__x86_64__)
+#undef PROCPOOL_DETAIL_ASAN_SHADOW  // the shadow's extent below is x86-64's layout
+#endif
+#if defined(PROCPOOL_DETAIL_ASAN_SHADOW)
+#include <sanitizer/asan_interface.h>
+#endif
 
 namespace procpool::detail {
 
@@ -39,6 +54,30 @@ namespace procpool::detail {
 #endif
   }
   return true;
+}
+
+/// Whether a word lies in AddressSanitizer's shadow memory and the gap inside it: terabytes mapped
+/// (partly PROT_NONE) where no object of the program ever lives. Without this, under ASan most pairs
+/// of 32-bit numbers read as one word would land there and count as references.
+[[nodiscard]] inline bool in_sanitizer_shadow([[maybe_unused]] std::uintptr_t word) noexcept {
+#if defined(PROCPOOL_DETAIL_ASAN_SHADOW)
+  struct Shadow {
+    std::uintptr_t begin = 0;
+    std::uintptr_t end = 0;
+    Shadow() noexcept {
+      std::size_t scale = 0;
+      std::size_t offset = 0;
+      __asan_get_shadow_mapping(&scale, &offset);
+      // From the shadow of address 0 to the shadow of the last user address (47 bits).
+      begin = offset;
+      end = offset + ((std::uintptr_t{1} << 47) >> scale);
+    }
+  };
+  static const Shadow shadow;
+  return word >= shadow.begin && word < shadow.end;
+#else
+  return false;
+#endif
 }
 
 /// The address ranges of the loaded modules' segments without write permission (code, read-only
@@ -199,7 +238,7 @@ class ReadOnlySegments {
     for (; offset + word_size <= size && count < std::size(candidates); offset += word_size) {
       std::uintptr_t word;
       std::memcpy(&word, p + offset, word_size);  // the closure's bytes, never what they point at
-      if (could_be_user_address(word)) candidates[count++] = word;
+      if (could_be_user_address(word) && !in_sanitizer_shadow(word)) candidates[count++] = word;
     }
     if (count == 0) continue;
 
@@ -292,3 +331,5 @@ template <class F>
 inline constexpr bool is_use_snapshot_v = is_use_snapshot<std::remove_cvref_t<F>>::value;
 
 }  // namespace procpool::detail
+
+#undef PROCPOOL_DETAIL_ASAN_SHADOW
