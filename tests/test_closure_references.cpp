@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstddef>
@@ -15,6 +16,7 @@
 #include <memory>
 #include <procpool/detail/closure_references.hpp>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -270,6 +272,32 @@ TEST_CASE("a library loaded after the first judgement has its code recognised", 
   REQUIRE(remapped == reinterpret_cast<void*>(page));
   CHECK(judged([code] { return code != nullptr; }));
   ::munmap(remapped, page_size);
+}
+
+TEST_CASE("threads judging while libraries load and unload agree with one judging alone", "[closure_references]") {
+  std::atomic<bool> stop{false};
+  std::atomic<int> wrong{0};
+  auto judge = [&] {
+    int on_stack = 1;
+    IntFunction fn = &some_function;
+    const char* literal = "literal";
+    auto reference = [&on_stack] { return on_stack; };
+    auto code_and_rodata = [fn, literal] { return fn(literal[0]); };
+    while (!stop.load(std::memory_order_relaxed)) {
+      if (!bytes_judged(reference) || bytes_judged(code_and_rodata)) wrong.fetch_add(1);
+    }
+  };
+  std::thread first(judge);
+  std::thread second(judge);
+  for (int i = 0; i < 20; ++i) {
+    FreshLibrary library;  // loads one (if any is left to load) ...
+    if (library.handle != nullptr) ::dlclose(library.handle);  // ... and unloads it again
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  stop = true;
+  first.join();
+  second.join();
+  CHECK(wrong.load() == 0);
 }
 
 TEST_CASE("a byte buffer shorter than a word holds no references", "[closure_references]") {
