@@ -112,22 +112,41 @@ TEST_CASE("a functor with a std::string member and a serialize member travels by
   CHECK(pool.map(Labeller{"b", {2}}, std::vector{5}) == std::vector<std::string>{"b10"});
 }
 
-TEST_CASE("a lambda capturing a pointer to pre-pool globals sees the pool-start snapshot") {
-  // Workers are forks of this process taken when the pool was constructed. A pointer a task
-  // carries is dereferenced in the worker's copy of memory: it sees the data as it was when the
-  // pool started, not changes the caller made later. (Documented on procpool::Pool.)
+TEST_CASE("a lambda capturing pointers to globals changed after the pool started sees today's values") {
+  // The pointers refer to writable memory, which may have changed since the workers were forked:
+  // the call runs in workers forked for it, whose memory is the caller's as it is now.
   const int saved = g_offset;
   g_offset = 10;
   procpool::Pool pool{two_workers()};
-  g_offset = 1000;  // after the pool started: invisible to the workers
+  g_offset = 1000;  // after the pool started
 
   const int* offset = &g_offset;
   const std::vector<std::string>* names = &g_names;
   const auto f = [offset, names](int i) { return (*names)[static_cast<std::size_t>(i)] + "+" + std::to_string(*offset); };
   const auto out = pool.map(f, std::vector{0, 3, 1});
-  CHECK(out == std::vector<std::string>{"zero+10", "three+10", "one+10"});
+  CHECK(out == std::vector<std::string>{"zero+1000", "three+1000", "one+1000"});
+  CHECK(pool.submit(f, 2).get() == "two+1000");
+  CHECK(f(2) == "two+1000");
+
+  g_offset = saved;
+}
+
+TEST_CASE("use_snapshot runs a lambda with pointers in the persistent workers, against the pool-start snapshot") {
+  // The caller's explicit promise that the pointed-to data existed before the pool started: the
+  // callable travels as its bytes, and its pointers are dereferenced in the workers' snapshot.
+  const int saved = g_offset;
+  g_offset = 10;
+  procpool::Pool pool{two_workers()};
+  g_offset = 1000;  // invisible to the persistent workers
+
+  const int* offset = &g_offset;
+  const std::vector<std::string>* names = &g_names;
+  const auto f = procpool::use_snapshot(
+      [offset, names](int i) { return (*names)[static_cast<std::size_t>(i)] + "+" + std::to_string(*offset); });
+  const auto pids = pool.worker_pids();
+  CHECK(pool.map(f, std::vector{0, 3, 1}) == std::vector<std::string>{"zero+10", "three+10", "one+10"});
   CHECK(pool.submit(f, 2).get() == "two+10");
-  CHECK(f(2) == "two+1000");  // the caller itself sees today's value
+  CHECK(pool.worker_pids() == pids);
 
   g_offset = saved;
 }

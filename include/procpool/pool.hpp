@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "codec.hpp"
+#include "detail/closure_references.hpp"
 #include "detail/pool_core.hpp"
 #include "detail/worker.hpp"
 #include "error.hpp"
@@ -97,6 +98,17 @@ namespace detail {
 
 template <class F, class In>
 using map_result_t = std::remove_cvref_t<std::invoke_result_t<F&, In&>>;
+
+/// Whether a callable that would travel to the workers as its bytes carries a pointer into memory
+/// that may have changed since the workers were forked (a `[&]` lambda, a captured `this`): its
+/// workers' snapshot would be stale, so it runs in fresh workers forked for the call instead.
+template <class F>
+[[nodiscard]] bool reads_callers_current_memory(const F& f) noexcept {
+  if constexpr (is_use_snapshot_v<F> || !std::is_trivially_copyable_v<F>)
+    return false;
+  else
+    return callable_may_reference_changing_memory(f);
+}
 
 /// Calls a callable that stays in the parent's memory, through its address. Only valid in workers
 /// forked after the callable was created: see Pool's "fresh workers".
@@ -194,14 +206,24 @@ class RangeBatch final : public Batch {
     }
   }
 
-  /// imap keeps at most about 64 MiB of input (and at least 4 items per worker) outstanding.
+  /// imap keeps at most about 64 MiB of items outstanding (dispatched and not yet consumed), counting
+  /// each by the larger of its input's and its result's encoded size, and at least 4 per worker.
   [[nodiscard]] std::size_t room() const override {
     if (!stream_) return SIZE_MAX;
-    const std::size_t average = dispatched > 0 ? std::max<std::size_t>(1, encoded_bytes_ / dispatched) : 64;
+    const std::size_t input = dispatched > 0 ? std::max<std::size_t>(1, encoded_bytes_ / dispatched) : 64;
+    const std::size_t result = results_counted_ > 0 ? result_bytes_ / results_counted_ : 0;
+    const std::size_t average = std::max(input, result);
     const std::size_t limit = std::clamp<std::size_t>((std::size_t{64} << 20) / average, 4 * workers_, 1 << 16);
     const std::size_t outstanding = dispatched - consumed;
     return outstanding >= limit ? 0 : limit - outstanding;
   }
+
+  void note_results(std::size_t count, std::size_t bytes) override {
+    results_counted_ += count;
+    result_bytes_ += bytes;
+  }
+
+  [[nodiscard]] bool streaming() const override { return stream_; }
 
   // ---- the caller's side (with the core's mutex held) ----
 
@@ -244,7 +266,20 @@ class RangeBatch final : public Batch {
   Outcome<Out> take_next() {
     auto node = stream_ready_.extract(stream_ready_.begin());
     ++next_index_;
+    ++consumed;
     return std::move(node.mapped());
+  }
+
+  /// imap, once no outcome is ready: throws why the stream ended early, if it did (once).
+  void throw_if_ended_early() {
+    if (caller_error && !reported_end_) {
+      reported_end_ = true;
+      std::rethrow_exception(caller_error);
+    }
+    if (cut_reason && !reported_end_ && !caller_error) {
+      reported_end_ = true;
+      throw Error(*cut_reason);
+    }
   }
 
  private:
@@ -261,12 +296,15 @@ class RangeBatch final : public Batch {
   bool ordered_;
   std::size_t workers_;
   std::size_t encoded_bytes_ = 0;
+  std::size_t result_bytes_ = 0;
+  std::size_t results_counted_ = 0;
   std::size_t reported_ = 0;
   std::vector<Out> values_;
   std::map<std::size_t, std::exception_ptr> errors_;
   std::map<std::size_t, Outcome<Out>> stream_ready_;
   std::size_t next_index_ = 0;
   std::size_t arrivals_ = 0;
+  bool reported_end_ = false;
 };
 
 /// The batch of one submit(): one item, the arguments, and where its outcome goes.
@@ -296,8 +334,9 @@ class SubmitBatch final : public Batch {
   void accept_error(std::size_t, std::exception_ptr error) override { error_ = std::move(error); }
   [[nodiscard]] std::string describe(std::size_t) const override { return "the submitted task"; }
 
-  /// The outcome; called once, after the batch finished.
+  /// The outcome; called once, after the batch settled.
   R take() {
+    if (caller_error) std::rethrow_exception(caller_error);
     if (error_) std::rethrow_exception(error_);
     if constexpr (!std::is_void_v<R>) return std::move(*value_);
   }
@@ -338,9 +377,11 @@ class Future {
   /// True if this Future refers to a task whose result has not been taken yet.
   [[nodiscard]] bool valid() const noexcept { return state_ != nullptr; }
 
-  /// True once the task has an outcome (does not wait).
+  /// True once the task has an outcome. Does not wait, but does the pool's pending work that
+  /// takes no waiting (reads results that arrived), so polling sees the task finish.
   [[nodiscard]] bool ready() const {
     check_valid();
+    core_->make_progress();
     std::lock_guard lock(core_->mutex());
     return state_->finished();
   }
@@ -351,11 +392,12 @@ class Future {
     core_->wait_until([&] { return state_->finished(); });
   }
 
-  /// Waits at most `timeout`; true if the outcome is there.
+  /// Waits at most `timeout` (zero: only polls, like ready()); true if the outcome is there.
   template <class Rep, class Period>
   [[nodiscard]] bool wait_for(std::chrono::duration<Rep, Period> timeout) const {
     check_valid();
     const auto deadline = std::chrono::steady_clock::now() + timeout;
+    core_->make_progress();
     core_->wait_until([&] { return state_->finished() || std::chrono::steady_clock::now() >= deadline; },
                       deadline);
     std::lock_guard lock(core_->mutex());
@@ -387,7 +429,7 @@ class Future {
   template <class Args>
   struct Erased final : ErasedBase {
     explicit Erased(std::shared_ptr<detail::SubmitBatch<Args, R>> b) : batch(std::move(b)) {}
-    [[nodiscard]] bool finished() const override { return batch->finished(); }
+    [[nodiscard]] bool finished() const override { return batch->settled(); }
     R take() override { return batch->take(); }
     std::shared_ptr<detail::SubmitBatch<Args, R>> batch;
   };
@@ -404,6 +446,10 @@ class Future {
 /// are dispatched as results are consumed, so memory stays bounded however long the input is.
 /// Dereferencing yields the item's value, or throws its failure; `outcomes()` style access is
 /// through next_outcome(). Destroying it early abandons the items not yet dispatched.
+///
+/// It keeps the pool's internals alive, not the pool: if the Pool is shut down or destroyed
+/// before the iteration is over, the outcomes of the items already dispatched are still yielded,
+/// and then iteration throws procpool::Error saying that the rest of the input did not run.
 template <class Out>
 class ImapResults {
  public:
@@ -439,7 +485,7 @@ class ImapResults {
   ImapResults(const ImapResults&) = delete;
   ImapResults& operator=(const ImapResults&) = delete;
   ~ImapResults() {
-    if (core_ && batch_) core_->abandon(batch_);
+    if (core_ && batch_) core_->forget(batch_);
   }
 
   /// Starts iteration (fetches the first outcome).
@@ -599,10 +645,13 @@ class Pool {
     using R = std::remove_cvref_t<std::invoke_result_t<Fn&, std::decay_t<Args>&...>>;
     static_assert(std::is_void_v<R> || Encodable<R>,
                   "procpool::Pool::submit: the result type must be encodable (see procpool/codec.hpp)");
-    Placement where = place<Tuple, detail::CallStyle::apply>(f);
+    Placement where = place<Tuple, detail::CallStyle::apply>(f, 1);
     auto batch = std::make_shared<detail::SubmitBatch<Tuple, R>>(Tuple(std::forward<Args>(args)...));
     batch->job_id = where.job;
     where.core->add_batch(batch);
+    // The task belongs to the pool, not to its Future: it runs to completion if the Future is
+    // dropped, and the pool's join(), terminate() and destructor cover it.
+    if (where.core != core_) core().adopt(where.core);
     return Future<R>(std::move(where.core), std::move(batch));
   }
 
@@ -629,7 +678,13 @@ class Pool {
   }
 
   detail::PoolCore& core() const {
+    // A worker holds a copy of the caller's memory, Pool objects included, but not their pools.
+    if (detail::inside_pool_worker() && (!core_ || core_->owner_pid() != ::getpid()))
+      throw Error("procpool::Pool: a task used a Pool of the caller; tasks run in worker processes, which cannot "
+                  "use the caller's pools (return what the task found and call the pool from the caller, or create "
+                  "a Pool inside the task)");
     if (!core_) throw Error("procpool::Pool: this pool was moved from");
+    core_->check_not_in_callback();
     return *core_;
   }
 
@@ -656,19 +711,60 @@ class Pool {
   /// workers forked for this call: they are forks taken now, so they hold the callable itself, and
   /// it is called through its address. That costs a pool start-up (about a millisecond plus the
   /// page-table copy of a fork) per call, and forks from the calling process as Process does.
+  /// A callable that travels as its bytes but carries a pointer into memory that may have changed
+  /// since the workers were forked (a `[&]` lambda) takes the fresh path too (see
+  /// detail::may_reference_changing_memory), unless wrapped in use_snapshot. `items`: how many
+  /// items the call has, if known (no more fresh workers than that are forked).
   template <class In, detail::CallStyle Style, class F>
-  Placement place(F& f) {
+  Placement place(F& f, std::optional<std::size_t> items) {
     using Fn = std::decay_t<F>;
     core().ensure_usable();
     if constexpr (detail::TravellingCallable<Fn>) {
-      return {core_, register_on<Fn, In, Style>(core(), static_cast<const Fn&>(f))};
+      const Fn& g = f;
+      if (!detail::reads_callers_current_memory(g)) return {core_, register_on<Fn, In, Style>(core(), g)};
+      // Its bytes travel as usual, to workers whose snapshot is today's memory.
+      auto fresh = fresh_core(items);
+      const std::uint64_t job = register_on<Fn, In, Style>(*fresh, g);
+      return {std::move(fresh), job};
     } else {
       using Through = detail::CallThrough<std::remove_reference_t<F>>;
-      auto fresh = std::make_shared<detail::PoolCore>(settings_);
+      auto fresh = fresh_core(items);
       const std::uint64_t job = register_on<Through, In, Style>(*fresh, Through{&f});
       return {std::move(fresh), job};
     }
   }
+
+  /// Fresh workers for one call: as many as the pool has, but no more than the call has items.
+  std::shared_ptr<detail::PoolCore> fresh_core(std::optional<std::size_t> items) const {
+    detail::CoreSettings settings = settings_;
+    if (items) settings.workers = std::clamp<std::size_t>(*items, 1, settings.workers);
+    return std::make_shared<detail::PoolCore>(std::move(settings));
+  }
+
+  /// Ends a map's use of its batch on every path out of the call: the pool forgets the batch (it
+  /// never touches the caller's input again), and fresh workers forked for the call stop.
+  struct CallEnd {
+    std::shared_ptr<detail::PoolCore> core;
+    std::shared_ptr<detail::Batch> batch;
+    bool fresh;
+    CallEnd(std::shared_ptr<detail::PoolCore> c, std::shared_ptr<detail::Batch> b, bool is_fresh)
+        : core(std::move(c)), batch(std::move(b)), fresh(is_fresh) {}
+    CallEnd(const CallEnd&) = delete;
+    CallEnd& operator=(const CallEnd&) = delete;
+    ~CallEnd() {
+      core->forget(batch);
+      if (!fresh) return;
+      try {
+        core->shutdown(/*graceful=*/batch->finished());
+      } catch (...) {
+        try {
+          core->shutdown(/*graceful=*/false);
+        } catch (...) {
+          // Its destructor kills what is left.
+        }
+      }
+    }
+  };
 
   template <class Fn, class In, detail::CallStyle Style>
   static std::uint64_t register_on(detail::PoolCore& core, const Fn& f) {
@@ -705,11 +801,12 @@ class Pool {
     const auto size = static_cast<std::size_t>(std::distance(begin(inputs), end(inputs)));
     auto batch = std::make_shared<detail::RangeBatch<It, Sent, In, Out>>(
         begin(inputs), end(inputs), size, std::move(options), false, true, size_hint(), std::move(storage)...);
-    Placement where = place<In, detail::CallStyle::invoke>(f);
+    Placement where = place<In, detail::CallStyle::invoke>(f, size);
     batch->job_id = where.job;
     where.core->add_batch(batch);
-    where.core->wait_until([&] { return batch->finished(); });
-    if (where.core != core_) where.core->shutdown(/*graceful=*/true);
+    const CallEnd end_of_call{where.core, batch, where.core != core_};
+    where.core->wait_until([&] { return batch->settled(); });
+    if (batch->caller_error) std::rethrow_exception(batch->caller_error);
     return batch;
   }
 
@@ -735,17 +832,17 @@ class Pool {
     if constexpr (requires { std::size(*range); }) size = static_cast<std::size_t>(std::size(*range));
     auto batch = std::make_shared<detail::RangeBatch<It, Sent, In, Out>>(begin(*range), end(*range), size,
                                                                            std::move(options), true, ordered, size_hint());
-    Placement where = place<In, detail::CallStyle::invoke>(f);
+    Placement where = place<In, detail::CallStyle::invoke>(f, size);
     batch->job_id = where.job;
     where.core->add_batch(batch);
+    if (where.core != core_) core().adopt(where.core);
     std::shared_ptr<detail::PoolCore> core = where.core;
     auto next = [core, batch]() -> std::optional<Outcome<Out>> {
-      core->wait_until([&] { return batch->has_next() || batch->exhausted(); });
+      core->wait_until([&] { return batch->has_next() || batch->exhausted() || batch->caller_error; });
       std::unique_lock lock(core->mutex());
-      if (!batch->has_next()) return std::nullopt;
-      auto outcome = batch->take_next();
-      ++batch->consumed;
-      return outcome;
+      if (batch->has_next()) return batch->take_next();
+      batch->throw_if_ended_early();
+      return std::nullopt;
     };
     return ImapResults<Out>(std::move(core), batch, std::move(owned), std::move(next));
   }

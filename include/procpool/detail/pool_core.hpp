@@ -63,6 +63,11 @@ class Batch {
   virtual void on_progress() {}
   /// How many more items may be dispatched now (imap bounds its memory this way).
   [[nodiscard]] virtual std::size_t room() const { return SIZE_MAX; }
+  /// Told of the encoded size of results as they arrive (imap bounds its memory by them too).
+  virtual void note_results(std::size_t /*count*/, std::size_t /*bytes*/) {}
+  /// True for a stream (imap): items are dispatched as they are consumed, so when the pool stops
+  /// under it the rest of its input is cut off, never iterated (it may be endless).
+  [[nodiscard]] virtual bool streaming() const { return false; }
 
   std::uint64_t job_id = 0;
   std::size_t total = 0;          // known once source_done (or from the start for sized inputs)
@@ -73,8 +78,27 @@ class Batch {
   std::size_t chunk_size = 0;     // 0: automatic
   bool source_done = false;
 
+  /// An exception thrown by the caller's own code run for this call in the parent (iterating its
+  /// input, encoding an argument, its progress callback): the call fails with it, and the pool
+  /// dispatches nothing more of the batch.
+  std::exception_ptr caller_error;
+  /// The caller no longer waits for this batch (its call returned or gave up): the pool never runs
+  /// its code again (input, callback), and discards whatever of it is still in flight.
+  bool forgotten = false;
+  /// Set when the pool stopped before a stream dispatched all its input: iteration ends with it.
+  std::optional<std::string> cut_reason;
+
   [[nodiscard]] bool finished() const noexcept { return source_done && completed == dispatched; }
+  /// Nothing more to wait for: every item has an outcome, or the call failed as a whole.
+  [[nodiscard]] bool settled() const noexcept { return finished() || caller_error != nullptr; }
 };
+
+/// The pool whose progress callback runs on this thread, if any: a callback that calls into its own
+/// pool would deadlock on the pool's mutex, which the thread already holds.
+[[nodiscard]] inline const void*& callback_running_for() noexcept {
+  static thread_local const void* core = nullptr;
+  return core;
+}
 
 /// The pool's fixed settings, as the core needs them.
 struct CoreSettings {
@@ -88,16 +112,29 @@ struct CoreSettings {
 
 class PoolCore {
  public:
-  explicit PoolCore(CoreSettings settings) : settings_(std::move(settings)) { start(); }
+  explicit PoolCore(CoreSettings settings) : settings_(std::move(settings)), owner_pid_(::getpid()) { start(); }
   PoolCore(const PoolCore&) = delete;
   PoolCore& operator=(const PoolCore&) = delete;
   ~PoolCore() { shutdown(/*graceful=*/false); }
 
   [[nodiscard]] std::size_t size() const noexcept { return settings_.workers; }
 
+  /// The process that created this pool: only it can use the pool (workers and other children of
+  /// it hold a copy of the object, not the pool).
+  [[nodiscard]] pid_t owner_pid() const noexcept { return owner_pid_; }
+
+  /// Throws procpool::Error when called from a progress callback of this pool: the callback runs
+  /// with the pool's mutex held, so any call into the pool would deadlock.
+  void check_not_in_callback() const {
+    if (callback_running_for() == this)
+      throw Error("procpool::Pool: a progress callback called into the pool that runs it; callbacks must not call "
+                  "into their own pool (note what you need, and call the pool after the call returns)");
+  }
+
   /// Registers a job (callable + runner) and returns its id; identical callables share an id, so
   /// a worker is sent a callable only when it switches to it.
   std::uint64_t register_job(RunnerFactory factory, const Buffer& callable) {
+    check_not_in_callback();
     std::lock_guard lock(mu_);
     std::string key(reinterpret_cast<const char*>(&factory), sizeof factory);
     key.append(reinterpret_cast<const char*>(callable.data()), callable.size());
@@ -120,6 +157,7 @@ class PoolCore {
   }
   /// Queues a batch for execution and starts sending its first chunks.
   void add_batch(const std::shared_ptr<Batch>& batch) {
+    check_not_in_callback();
     std::unique_lock lock(mu_);
     throw_if_unusable();
     if (batch->total_known) jobs_.at(batch->job_id).undispatched += batch->total;
@@ -136,9 +174,8 @@ class PoolCore {
   /// deadline if one is given (then `done` should test the clock too).
   template <class Done>
   void wait_until(Done&& done, std::optional<std::chrono::steady_clock::time_point> deadline = std::nullopt) {
+    check_not_in_callback();
     std::unique_lock lock(mu_);
-    if (driver_thread_ == std::this_thread::get_id())
-      throw Error("procpool::Pool: called from inside a progress callback; callbacks must not use the pool");
     while (!done()) {
       if (stopped_) throw Error("procpool::Pool: the pool was shut down while this call waited on it");
       if (driving_) {
@@ -148,54 +185,89 @@ class PoolCore {
           cv_.wait(lock);
         continue;
       }
-      driving_ = true;
-      driver_thread_ = std::this_thread::get_id();
-      try {
-        drive_once(lock, deadline);
-      } catch (...) {
-        driving_ = false;
-        driver_thread_ = {};
-        cv_.notify_all();
-        throw;
-      }
-      driving_ = false;
-      driver_thread_ = {};
-      cv_.notify_all();
+      drive_round(lock, deadline, /*spin=*/true);
     }
   }
 
-  /// Forgets a batch whose caller gave up on it (an imap range destroyed early): its remaining
-  /// items are not dispatched; chunks already out finish and are discarded.
-  void abandon(const std::shared_ptr<Batch>& batch) {
-    std::lock_guard lock(mu_);
-    if (batch->source_done) return;
-    if (batch->total_known) jobs_.at(batch->job_id).undispatched -= batch->total - batch->dispatched;
-    batch->source_done = true;
-    batch->total = batch->dispatched;
-    batch->total_known = true;
-    if (batch->finished()) release_job(batch->job_id);
+  /// One round of the pool's work that does not block (results read, chunks sent, deaths handled),
+  /// unless another thread is driving the pool already: a caller polling Future::ready() sees its
+  /// task finish without any other call driving the pool.
+  void make_progress() {
+    check_not_in_callback();
+    std::unique_lock lock(mu_);
+    if (driving_ || stopped_) return;
+    drive_round(lock, std::chrono::steady_clock::now(), /*spin=*/false);
+  }
+
+  /// Forgets a batch whose caller stopped waiting for it (its call returned or failed, or an imap
+  /// range was destroyed): the rest of its input is never read, its progress callback never called
+  /// again; chunks already out finish and are discarded.
+  void forget(const std::shared_ptr<Batch>& batch) noexcept {
+    // From a progress callback of this pool (an ImapResults destroyed there) this thread already
+    // holds the mutex.
+    std::unique_lock<std::mutex> lock;
+    if (callback_running_for() != this) lock = std::unique_lock(mu_);
+    batch->forgotten = true;
+    stop_dispatch(*batch);
+  }
+
+  /// Takes ownership of a pool of fresh workers serving a call of this pool (see Pool::place): its
+  /// tasks run to completion whoever holds their Future, and this pool's join(), terminate() and
+  /// destruction cover them. Fresh pools whose work is done are shut down on the way.
+  void adopt(std::shared_ptr<PoolCore> fresh) {
+    std::vector<std::shared_ptr<PoolCore>> done;
+    {
+      std::lock_guard lock(adopted_mu_);
+      for (auto it = adopted_.begin(); it != adopted_.end();) {
+        (*it)->make_progress();
+        if ((*it)->idle()) {
+          done.push_back(std::move(*it));
+          it = adopted_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      adopted_.push_back(std::move(fresh));
+    }
+    for (auto& core : done) core->shutdown(/*graceful=*/true);  // idle: returns once it is reaped
   }
 
   /// No new work may be submitted from now on.
   void close() {
+    check_not_in_callback();
     std::lock_guard lock(mu_);
     closed_ = true;
   }
 
   [[nodiscard]] bool closed() const {
+    check_not_in_callback();
     std::lock_guard lock(mu_);
     return closed_;
   }
 
+  /// True when nothing is queued or running.
+  [[nodiscard]] bool idle() const {
+    std::lock_guard lock(mu_);
+    return all_finished();
+  }
+
   /// Waits for all submitted work, then stops the workers and the zygote (graceful), or kills
-  /// them at once, failing whatever had not finished (not graceful).
+  /// them at once, failing whatever had not finished (not graceful). Pools of fresh workers this
+  /// pool adopted go the same way.
   void shutdown(bool graceful) {
+    check_not_in_callback();
     {
       std::lock_guard lock(mu_);
       if (stopped_) return;
       closed_ = true;
       if (!graceful) terminating_ = true;
+      // A stream dispatches as it is consumed, and nobody may consume it any more: it is cut off
+      // where it is, and its iteration ends with an error saying so, never silently short.
+      for (const auto& b : batches_)
+        if (b->streaming() && !b->source_done) cut_stream(*b, "the pool was shut down (close() and join(), "
+                                                              "terminate(), or the Pool was destroyed)");
     }
+    shutdown_adopted(graceful);
     if (graceful) wait_until([&] { return all_finished(); });
     std::unique_lock lock(mu_);
     if (stopped_) return;  // another thread finished the shutdown meanwhile
@@ -210,12 +282,16 @@ class PoolCore {
     wake_driver();
     cv_.wait(lock, [&] { return !driving_; });
     // Workers see end-of-file on their sockets and exit; the zygote, seeing end-of-file on its
-    // control socket, reaps them (killing any that linger) and exits.
+    // control socket, reaps them (killing any that linger) and exits. shutdown(), not just close:
+    // a child the caller forked meanwhile holds copies of these descriptors, and its copy would
+    // otherwise keep the sockets open, and the workers and the zygote waiting, as long as it lives.
     for (auto& w : workers_) {
+      if (w.channel) ::shutdown(w.channel.get(), SHUT_RDWR);
       w.close();
       w.state = WorkerState::vacant;
       w.pid = -1;
     }
+    if (control_) ::shutdown(control_.get(), SHUT_RDWR);
     control_.reset();
     if (zygote_pid_ > 0) {
       int status = 0;
@@ -233,6 +309,7 @@ class PoolCore {
 
   /// Throws procpool::Error if no work can be submitted (closed, terminated, or broken).
   void ensure_usable() const {
+    check_not_in_callback();
     std::lock_guard lock(mu_);
     throw_if_unusable();
   }
@@ -245,6 +322,7 @@ class PoolCore {
 
   /// Pids of the live workers (for tests and diagnostics).
   [[nodiscard]] std::vector<pid_t> worker_pids() const {
+    check_not_in_callback();
     std::lock_guard lock(mu_);
     std::vector<pid_t> pids;
     for (const auto& w : workers_)
@@ -253,7 +331,10 @@ class PoolCore {
   }
 
   /// Protects the typed halves' state that the driver writes (sinks, progress).
-  std::mutex& mutex() const noexcept { return mu_; }
+  std::mutex& mutex() const {
+    check_not_in_callback();
+    return mu_;
+  }
 
  private:
   enum class WorkerState { spawning, running, dead, vacant };
@@ -279,6 +360,8 @@ class PoolCore {
     int init_deaths = 0;             // deaths in a row before the initializer finished
     std::uint64_t generation = 0;    // counts spawns, so stale poll events are recognised
     std::chrono::steady_clock::time_point next_spawn_attempt{};
+    std::chrono::steady_clock::time_point spawned_at{};  // when its spawn was reported
+    bool init_timed_out = false;  // killed because its initializer outran the task timeout
 
     void close() {
       channel.reset();
@@ -327,6 +410,83 @@ class PoolCore {
   void completed(Batch& b, std::size_t n) {
     b.completed += n;
     if (b.finished()) release_job(b.job_id);
+  }
+
+  /// One driving round by this thread, which becomes the driver for it.
+  void drive_round(std::unique_lock<std::mutex>& lock, std::optional<std::chrono::steady_clock::time_point> deadline,
+                   bool spin) {
+    driving_ = true;
+    try {
+      drive_once(lock, deadline, spin);
+    } catch (...) {
+      driving_ = false;
+      cv_.notify_all();
+      throw;
+    }
+    driving_ = false;
+    cv_.notify_all();
+  }
+
+  // ---- the caller's code, run by the pool ----------------------------------------------------
+
+  /// Stops dispatching a batch: what is out finishes, nothing more of its input is read.
+  void stop_dispatch(Batch& b) {
+    if (b.source_done) return;
+    if (b.total_known) jobs_.at(b.job_id).undispatched -= b.total - b.dispatched;
+    b.source_done = true;
+    b.total = b.dispatched;
+    b.total_known = true;
+    if (b.finished()) release_job(b.job_id);
+  }
+
+  /// The caller's own code threw while the pool ran it for batch b: that call fails with the
+  /// exception, whichever thread was driving, and the pool goes on with the other calls.
+  void fail_batch(Batch& b, std::exception_ptr error) {
+    if (!b.caller_error) b.caller_error = std::move(error);
+    stop_dispatch(b);
+  }
+
+  /// Ends a stream's dispatch where it is, because the pool stops; its iteration then ends with
+  /// an error that says so, after the outcomes of what was dispatched.
+  void cut_stream(Batch& b, const std::string& why) {
+    if (!b.cut_reason)
+      b.cut_reason = "procpool::Pool: this imap stopped after its first " + std::to_string(b.dispatched) +
+                     " items; the rest of its input did not run because " + why +
+                     ". Keep the Pool alive until the iteration is over";
+    stop_dispatch(b);
+  }
+
+  /// Calls b's progress callback, if its caller still waits; an exception from it fails b's call.
+  void report_progress(Batch& b) {
+    if (b.forgotten || b.caller_error) return;
+    const void* const outer = callback_running_for();
+    callback_running_for() = this;
+    try {
+      b.on_progress();
+    } catch (...) {
+      fail_batch(b, std::current_exception());
+    }
+    callback_running_for() = outer;
+  }
+
+  /// Shuts the adopted pools of fresh workers down like this one (see adopt).
+  void shutdown_adopted(bool graceful) noexcept {
+    std::vector<std::shared_ptr<PoolCore>> cores;
+    {
+      std::lock_guard lock(adopted_mu_);
+      cores.swap(adopted_);
+    }
+    for (auto& core : cores) {
+      try {
+        core->shutdown(graceful);
+      } catch (...) {
+        try {
+          core->shutdown(/*graceful=*/false);
+        } catch (...) {
+          // Its destructor kills what is left.
+        }
+      }
+    }
   }
 
   // ---- start-up -----------------------------------------------------------------------------
@@ -414,8 +574,8 @@ class PoolCore {
   // ---- the driver ---------------------------------------------------------------------------
 
   /// One round: send what can be sent, sleep in poll until something happens, handle it.
-  void drive_once(std::unique_lock<std::mutex>& lock,
-                  std::optional<std::chrono::steady_clock::time_point> deadline = std::nullopt) {
+  void drive_once(std::unique_lock<std::mutex>& lock, std::optional<std::chrono::steady_clock::time_point> deadline,
+                  bool spin) {
     fill_workers();
     flush_all();
 
@@ -454,7 +614,7 @@ class PoolCore {
     std::vector<Watched>& counters = watched_;
     counters.clear();
     for (const auto& w : workers_)
-      if (w.state == WorkerState::running && !w.in_flight.empty() && due_soon(w.in_flight.front()))
+      if (spin && w.state == WorkerState::running && !w.in_flight.empty() && due_soon(w.in_flight.front()))
         counters.push_back({w.index, &slots_[w.index].to_parent, slots_[w.index].to_parent.load(std::memory_order_acquire)});
 
     lock.unlock();
@@ -508,13 +668,7 @@ class PoolCore {
   }
 
   /// Whether chunk `id` is expected to finish within a spin's worth of time (or nothing is known).
-  [[nodiscard]] bool due_soon(std::uint64_t id) const {
-    const auto c = chunks_.find(id);
-    if (c == chunks_.end()) return true;
-    const auto j = jobs_.find(c->second.job_id);
-    if (j == jobs_.end() || j->second.ns_per_item == 0) return true;
-    return j->second.ns_per_item * static_cast<double>(c->second.count) < 200e3;
-  }
+  [[nodiscard]] bool due_soon(std::uint64_t id) const { return expected_ns(id).value_or(0) < 200e3; }
 
   void wake_driver() {
     const std::uint64_t one = 1;
@@ -530,7 +684,11 @@ class PoolCore {
     };
     if (settings_.task_timeout.count() > 0) {
       const std::int64_t now = monotonic_ns();
+      const auto clock_now = std::chrono::steady_clock::now();
       for (const auto& w : workers_) {
+        if (w.state == WorkerState::running && !w.init_timed_out &&
+            slots_[w.index].initialized.load(std::memory_order_acquire) == 0)
+          consider(std::max(nanoseconds{0}, w.spawned_at + settings_.task_timeout - clock_now));
         if (w.state != WorkerState::running || w.in_flight.empty()) continue;
         const WorkerSlot& s = slots_[w.index];
         const std::int64_t started = s.item_started_ns.load(std::memory_order_acquire);
@@ -548,20 +706,39 @@ class PoolCore {
 
   // ---- sending ------------------------------------------------------------------------------
 
+  /// A worker takes a chunk when it has none; a second one waits behind the first only when the
+  /// first is known to be short. The second chunk hides the round trip between two chunks, which
+  /// matters only for short ones; behind a long (or not yet measured) chunk it would hold items
+  /// that an idle worker could be running.
   [[nodiscard]] bool accepting(const Worker& w) const {
     if (w.state != WorkerState::running || w.retiring || stopping_ || broken_) return false;
-    return w.in_flight.size() < 2;
+    if (w.in_flight.empty()) return true;
+    return w.in_flight.size() < 2 && expected_ns(w.in_flight.back()).value_or(kPrefetchNs) < kPrefetchNs;
+  }
+
+  /// A chunk expected to take less than this may have a second one queued behind it.
+  static constexpr double kPrefetchNs = 2e6;
+
+  /// How long chunk `id` is expected to take, once its job's cost per item is measured.
+  [[nodiscard]] std::optional<double> expected_ns(std::uint64_t id) const {
+    const auto c = chunks_.find(id);
+    if (c == chunks_.end()) return std::nullopt;
+    const auto j = jobs_.find(c->second.job_id);
+    if (j == jobs_.end() || j->second.ns_per_item == 0) return std::nullopt;
+    return j->second.ns_per_item * static_cast<double>(c->second.count);
   }
 
   void fill_workers() {
     if (broken_) return;
     // Workers pinned to other CPUs first: a lone task then runs beside the caller, not in its way.
+    // Every idle worker gets a chunk before any worker gets a second one: an idle worker never
+    // waits while another holds a chunk it has not started.
     const int here = ::sched_getcpu();
-    for (const bool other_cpus : {true, false}) {
-      for (auto& w : workers_) {
-        if (pinned_cpu(w) != here && !other_cpus) continue;
-        if (pinned_cpu(w) == here && other_cpus) continue;
-        while (accepting(w)) {
+    for (const std::size_t held : {std::size_t{0}, std::size_t{1}}) {
+      for (const bool other_cpus : {true, false}) {
+        for (auto& w : workers_) {
+          if ((pinned_cpu(w) != here) != other_cpus) continue;
+          if (w.in_flight.size() != held || !accepting(w)) continue;
           const std::optional<std::uint64_t> chunk = next_chunk_for(w);
           if (!chunk) break;
           send_chunk(w, *chunk);
@@ -612,7 +789,17 @@ class PoolCore {
       const std::size_t take = std::min(want - c.count, room);
       const std::size_t bytes_left = kMaxChunkBytes > c.items.size() ? kMaxChunkBytes - c.items.size() : 0;
       if (c.count > 0 && bytes_left == 0) break;
-      const std::size_t got = b->encode_next(take, std::max<std::size_t>(bytes_left, 1), c.items);
+      const std::size_t mark = c.items.size();
+      std::size_t got = 0;
+      try {
+        got = b->encode_next(take, std::max<std::size_t>(bytes_left, 1), c.items);
+      } catch (...) {
+        // The caller's input range or an item's serialize threw: that call fails with it, and
+        // none of its items (not even those encoded before the throw) go out in this chunk.
+        c.items.resize(mark);
+        fail_batch(*b, std::current_exception());
+        continue;
+      }
       if (got > 0) {
         c.segments.push_back({b, b->dispatched, static_cast<std::uint32_t>(got)});
         c.count += static_cast<std::uint32_t>(got);
@@ -881,12 +1068,18 @@ class PoolCore {
                       holds_lane ? lanes_.results(static_cast<std::size_t>(w.index), c.lane) : std::span<std::byte>{});
     const auto& failed = parsed.failed;
     const Segment& only = c.segments.front();
+    // A value whose decoding threw in the caller's own code (a serialize that validates): that
+    // item fails with the exception. Where the next value starts is then unknown, so the items
+    // after it run again (see resume_after).
+    std::optional<std::uint32_t> resume_after;
+    for (const Segment& seg : c.segments) seg.batch->note_results(seg.count, parsed.values.size() * seg.count / c.count);
     if (!(failed.empty() && c.skip.empty() && c.segments.size() == 1 &&
           only.batch->accept_bulk(only.first, only.count, parsed.values))) {
       Decoder vd(parsed.values);
       std::size_t f = 0;
       std::size_t s = 0;
       for_each_item(c, [&](std::uint32_t local, Batch& b, std::size_t index) {
+        if (resume_after) return;
         if (s < c.skip.size() && c.skip[s] == local) {
           ++s;
         } else if (f < failed.size() && failed[f].first == local) {
@@ -896,12 +1089,25 @@ class PoolCore {
                                     index)));
           ++f;
         } else {
-          b.accept_value(index, vd);
+          try {
+            b.accept_value(index, vd);
+          } catch (const DecodeError&) {
+            throw;  // malformed bytes: the worker is at fault (see consume_frames)
+          } catch (const std::bad_alloc&) {
+            throw;
+          } catch (...) {
+            b.accept_error(index, std::current_exception());
+            resume_after = local;
+          }
         }
         // Should a later item's bytes be corrupt, this one keeps the outcome it already has.
         c.delivered = local + 1;
       });
-      if (vd.remaining() != 0) throw DecodeError("trailing bytes after the results");
+      if (!resume_after && vd.remaining() != 0) throw DecodeError("trailing bytes after the results");
+    }
+    if (resume_after) {
+      resume_after_item(w, id, *resume_after);
+      return;
     }
     const ResultsHeader& rh = parsed.header;
     const std::size_t ran = c.count - c.skip.size();
@@ -915,6 +1121,50 @@ class PoolCore {
     w.in_flight.pop_front();
     finish_chunk(id);
     if (w.retiring && w.in_flight.empty()) send_shutdown(w);
+  }
+
+  /// Items [0, last] of chunk `id`, which w answered, have their outcomes; the chunk's later items
+  /// run again (on whichever worker is free first), because their values could not be located.
+  void resume_after_item(Worker& w, std::uint64_t id, std::uint32_t last) {
+    Chunk& c = chunks_.at(id);
+    std::vector<std::uint32_t> done;
+    std::size_t s = 0;
+    for_each_item(c, [&](std::uint32_t local, Batch& b, std::size_t) {
+      if (local > last) return;
+      if (s < c.skip.size() && c.skip[s] == local) {
+        ++s;
+        return;
+      }
+      done.push_back(local);
+      completed(b, 1);
+      report_progress(b);
+    });
+    std::vector<std::uint32_t> skip;
+    std::merge(c.skip.begin(), c.skip.end(), done.begin(), done.end(), std::back_inserter(skip));
+    c.skip = std::move(skip);
+    c.delivered = 0;
+    w.in_flight.pop_front();
+    if (c.skip.size() == c.count) {
+      if (c.lane < w.lane_chunk.size() && w.lane_chunk[c.lane] == id) w.lane_chunk[c.lane] = 0;
+      chunks_.erase(id);
+    } else {
+      take_out_of_lane(w, id);
+      requeued_.push_front(id);
+    }
+    if (w.retiring && w.in_flight.empty()) send_shutdown(w);
+  }
+
+  /// A chunk about to run again moves its items out of w's lanes, which w (or its replacement)
+  /// will be sent other chunks through, and gives the lanes back.
+  void take_out_of_lane(Worker& w, std::uint64_t id) {
+    Chunk& c = chunks_.at(id);
+    if (!c.items.owns_storage()) {
+      Buffer own;
+      own.append(c.items.data(), c.items.size());
+      c.items = std::move(own);
+    }
+    if (c.lane < w.lane_chunk.size() && w.lane_chunk[c.lane] == id) w.lane_chunk[c.lane] = 0;
+    c.lane = kNoLane;
   }
 
   /// Counts a chunk's items that had no outcome before into their batches, reports progress, and
@@ -944,7 +1194,7 @@ class PoolCore {
         }
       }
       completed(*seg.batch, fresh);
-      seg.batch->on_progress();
+      report_progress(*seg.batch);
     }
   }
 
@@ -1015,6 +1265,8 @@ class PoolCore {
         w.timed_out.reset();
         w.init_failure.reset();
         w.exit_status.reset();
+        w.spawned_at = std::chrono::steady_clock::now();
+        w.init_timed_out = false;
         slots_[w.index].chunk_id.store(0, std::memory_order_relaxed);
         slots_[w.index].item_started_ns.store(0, std::memory_order_relaxed);
         if (stopping_) send_shutdown(w);
@@ -1062,7 +1314,12 @@ class PoolCore {
     // An initializer that throws breaks the pool for good; one that dies might have been killed
     // from outside, so only three deaths in a row before it finishes count as broken.
     w.init_deaths = w.ready ? 0 : w.init_deaths + 1;
-    if (!stopping_ && !terminating_ && (w.init_failure || w.init_deaths >= 3)) {
+    if (w.init_timed_out && !stopping_ && !terminating_) {
+      broken_ = "procpool::Pool: the initializer ran longer than the task timeout of " +
+                std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(settings_.task_timeout).count()) +
+                " ms in " + who + ", which was killed; the pool cannot start workers (make the initializer return "
+                "sooner, or raise task_timeout)";
+    } else if (!stopping_ && !terminating_ && (w.init_failure || w.init_deaths >= 3)) {
       broken_ = w.init_failure ? *w.init_failure
                                : "procpool::Pool: " + who + " " + describe_ending(code) +
                                      " while running the initializer, three times in a row";
@@ -1100,7 +1357,7 @@ class PoolCore {
         b.accept_error(index, error);
         c.skip.insert(std::upper_bound(c.skip.begin(), c.skip.end(), running_item), running_item);
         completed(b, 1);
-        b.on_progress();
+        report_progress(b);
       } else if (first) {
         // The worker died outside any item (killed while idle, or while writing results): the
         // chunk is simply run again, a bounded number of times.
@@ -1114,20 +1371,14 @@ class PoolCore {
       if (c.skip.size() == c.count) {
         chunks_.erase(id);
       } else {
-        // Its items may be in the dead worker's lane, which the replacement will be sent new
-        // chunks through: they move to memory of the chunk's own first.
-        if (!c.items.owns_storage()) {
-          Buffer own;
-          own.append(c.items.data(), c.items.size());
-          c.items = std::move(own);
-        }
-        c.lane = kNoLane;
+        take_out_of_lane(w, id);
         again.push_back(id);
       }
     }
     w.in_flight.clear();
     for (auto it = again.rbegin(); it != again.rend(); ++it) requeued_.push_front(*it);
     slots_[w.index].chunk_id.store(0, std::memory_order_relaxed);
+    slots_[w.index].initialized.store(0, std::memory_order_relaxed);
     // Cleared now that the worker is reaped and before a replacement is forked (which could
     // otherwise take a chunk left there, already re-queued above, for a job it does not have).
     slots_[w.index].mailbox_full.store(0, std::memory_order_relaxed);
@@ -1187,27 +1438,23 @@ class PoolCore {
     if (!any) fail_pending("no worker could be started (" + spawn_error_ + ")");
   }
 
-  /// Fails the items no chunk holds yet (they are encoded only to be counted).
+  /// Fails the items no chunk holds yet, by index: the caller's input is not read for it (it may be
+  /// long, endless, or throw). A stream is cut off instead (its iteration ends with the reason).
   void fail_undispatched(const std::string& why) {
     for (const auto& b : batches_) {
       if (b->source_done) continue;
-      Buffer scratch;
-      for (;;) {
-        scratch.clear();
-        const std::size_t n = b->encode_next(1024, SIZE_MAX, scratch);
-        if (n == 0) break;
-        for (std::size_t i = 0; i < n; ++i)
-          b->accept_error(b->dispatched + i, std::make_exception_ptr(Error(
-                                                 "procpool::Pool: " + b->describe(b->dispatched + i) + " did not run: " + why)));
-        if (b->total_known) jobs_.at(b->job_id).undispatched -= n;
-        b->dispatched += n;
-        completed(*b, n);
+      if (b->streaming() || !b->total_known) {
+        cut_stream(*b, why);
+        continue;
       }
+      const std::size_t n = b->total - b->dispatched;
+      for (std::size_t i = b->dispatched; i < b->total; ++i)
+        b->accept_error(i, std::make_exception_ptr(Error("procpool::Pool: " + b->describe(i) + " did not run: " + why)));
+      jobs_.at(b->job_id).undispatched -= n;
+      b->dispatched = b->total;
       b->source_done = true;
-      b->total = b->dispatched;
-      b->total_known = true;
-      if (b->finished()) release_job(b->job_id);
-      b->on_progress();
+      completed(*b, n);
+      report_progress(*b);
     }
   }
 
@@ -1221,7 +1468,16 @@ class PoolCore {
   void check_timeouts() {
     if (settings_.task_timeout.count() <= 0) return;
     const std::int64_t now = monotonic_ns();
+    const auto clock_now = std::chrono::steady_clock::now();
     for (auto& w : workers_) {
+      // The timeout covers the initializer too: a worker that never finishes it never runs a task.
+      if (w.state == WorkerState::running && !w.init_timed_out &&
+          slots_[w.index].initialized.load(std::memory_order_acquire) == 0 &&
+          clock_now - w.spawned_at >= settings_.task_timeout) {
+        w.init_timed_out = true;
+        signal_worker(w, SIGKILL);
+        continue;
+      }
       if (w.state != WorkerState::running || w.in_flight.empty() || w.timed_out) continue;
       const WorkerSlot& s = slots_[w.index];
       const std::uint64_t chunk = s.chunk_id.load(std::memory_order_acquire);
@@ -1290,6 +1546,12 @@ class PoolCore {
   std::uint64_t next_job_id_ = 1;
   std::uint64_t job_clock_ = 0;
   std::uint64_t next_chunk_id_ = 1;
+
+  const pid_t owner_pid_;
+  // Pools of fresh workers serving calls of this one (see adopt). Its own mutex, never held while
+  // calling into them: their progress callbacks may call this pool.
+  std::mutex adopted_mu_;
+  std::vector<std::shared_ptr<PoolCore>> adopted_;
 
   bool started_ = false;
   bool closed_ = false;

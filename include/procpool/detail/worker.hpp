@@ -42,6 +42,7 @@ struct alignas(64) WorkerSlot {
   std::atomic<std::uint64_t> chunk_id{0};  // 0 while not running items
   std::atomic<std::uint32_t> item{0};      // local index in that chunk
   std::atomic<std::int64_t> item_started_ns{0};  // CLOCK_MONOTONIC, written only when timeouts are on
+  std::atomic<std::uint32_t> initialized{0};     // 1 once the initializer returned (the timeout covers it)
   // Bumped after every write on the worker's socket, by the parent (to_worker) and by the worker
   // (to_parent). The waiting side spins on these loads, which cost nothing, instead of on system
   // calls, and only then reads the socket.
@@ -85,6 +86,12 @@ static_assert(std::atomic<std::uint64_t>::is_always_lock_free, "the worker slot 
   timespec ts{};
   ::clock_gettime(CLOCK_MONOTONIC, &ts);
   return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+/// True in a pool's worker process: a task that reaches for a Pool there gets a clear error.
+[[nodiscard]] inline bool& inside_pool_worker() noexcept {
+  static bool inside = false;
+  return inside;
 }
 
 /// Everything a worker needs to run one chunk.
@@ -195,14 +202,37 @@ class Runner final : public JobRunner {
     std::size_t next_skip = 0;
     const std::size_t skip_count = work.skip.size() / sizeof(std::uint32_t);
     In item{};
+    const auto fail = [&](std::uint32_t index, const RemoteException& why) {
+      failures.write_bytes(&index, sizeof index);
+      encode(failures, why);
+      ++out.failed_count;
+    };
     for (std::uint32_t i = 0; i < work.count; ++i) {
-      decode(items, item);
+      try {
+        decode(items, item);
+      } catch (...) {
+        // An argument whose decoding throws (a serialize that validates): it fails. The items
+        // after it cannot be found in the stream, so they fail too, saying why.
+        fail(i, describe_current_exception());
+        const RemoteException rest{"procpool::Error",
+                                   "not run: the argument of an earlier item in its chunk could not be decoded in the "
+                                   "worker, so where this item's argument starts is unknown"};
+        for (std::uint32_t j = i + 1; j < work.count; ++j) {
+          while (next_skip < skip_count && skip_at(work.skip, next_skip) < j) ++next_skip;
+          if (next_skip < skip_count && skip_at(work.skip, next_skip) == j) continue;
+          fail(j, rest);
+        }
+        return;
+      }
       if (next_skip < skip_count && skip_at(work.skip, next_skip) == i) {
         ++next_skip;
         continue;
       }
       work.slot->item.store(i, std::memory_order_relaxed);
       if (work.timed) work.slot->item_started_ns.store(monotonic_ns(), std::memory_order_release);
+      // A result whose encoding throws part-way leaves no bytes behind: the next item's value
+      // must start where this one's would have.
+      const std::size_t mark = out.values.size();
       try {
         if constexpr (std::is_void_v<Out>) {
           call(item);
@@ -210,10 +240,8 @@ class Runner final : public JobRunner {
           encode(values, call(item));
         }
       } catch (...) {
-        std::uint32_t index = i;
-        failures.write_bytes(&index, sizeof index);
-        encode(failures, describe_current_exception());
-        ++out.failed_count;
+        out.values.resize(mark);
+        fail(i, describe_current_exception());
       }
     }
   }
@@ -373,6 +401,7 @@ inline int worker_main(int channel, const WorkerSetup& setup) {
 #endif
   if (setup.caller_sigchld != nullptr) ::sigaction(SIGCHLD, setup.caller_sigchld, nullptr);
 
+  inside_pool_worker() = true;
   Buffer frame;
   if (setup.initializer != nullptr && *setup.initializer) {
     try {
@@ -386,6 +415,7 @@ inline int worker_main(int channel, const WorkerSetup& setup) {
       return 3;
     }
   }
+  setup.slot->initialized.store(1, std::memory_order_release);
   begin_frame(frame, FrameKind::ready, 0);
   send_frame_or_exit(result_fd, frame, *setup.slot);
 
