@@ -248,6 +248,26 @@ TEST_CASE("With SIGCHLD ignored, a child that returns a value gives it, and exit
   });
 }
 
+TEST_CASE("With SIGCHLD ignored, 500 children that exit at once each report their own exit code") {
+  // A child that ends before its pidfd exists is reaped by the kernel at once and its status is
+  // gone: start() must not let the child run before the pidfd is open (when it did, 8 runs in 9
+  // of this test with 200 children lost some child's status on this machine).
+  const bool kept = kernel_keeps_reaped_status();
+  check_isolated([kept] {
+    SigchldDisposition ignored(SIG_IGN, 0);
+    for (int k = 0; k < 500; ++k) {
+      procpool::Process<int> p{[k]() -> int { ::_exit(k % 100 + 1); }};
+      p.start();
+      p.join();
+      const int expected = kept ? k % 100 + 1 : procpool::exitcode_unknown;
+      if (p.exitcode() != expected)
+        return fail(1, "child " + std::to_string(k) + ": exitcode() is " + exitcode_text(p) + ", not " +
+                           std::to_string(expected));
+    }
+    return 0;
+  });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Where the status cannot be had back (kernels before 6.15, or no pidfd)
 
@@ -276,15 +296,14 @@ TEST_CASE("Without a pidfd, a child reaped by the caller's SIGCHLD handler has e
   }
   check_isolated([] {
     SigchldDisposition reaper(reap_every_child);
-    // Room for exactly the reply pipe's two descriptors and not for the pidfd, as on a kernel
-    // without pidfd_open: the fallback every kernel before 6.15 takes once its status is gone.
+    // Room for exactly two pipes (the reply and start()'s gate) and not for the pidfd, as on a
+    // kernel without pidfd_open: the fallback every kernel before 6.15 takes once its status is gone.
     int highest = 0;
     for (const int fd : procpool_test::open_fds()) highest = std::max(highest, fd);
-    const int limit = highest + 8;
+    const int limit = highest + 12;
     std::vector<int> fillers = procpool_test::fill_descriptors_below(limit);
-    if (fillers.size() < 2) return fail(1, "could not fill the descriptor table");
-    ::close(fillers[0]);
-    ::close(fillers[1]);
+    if (fillers.size() < 4) return fail(1, "could not fill the descriptor table");
+    for (std::size_t k = 0; k < 4; ++k) ::close(fillers[k]);
     rlimit old{};
     ::getrlimit(RLIMIT_NOFILE, &old);
     const rlimit tight{static_cast<rlim_t>(limit), old.rlim_max};
@@ -295,7 +314,7 @@ TEST_CASE("Without a pidfd, a child reaped by the caller's SIGCHLD handler has e
     }};
     p.start();
     ::setrlimit(RLIMIT_NOFILE, &old);
-    for (std::size_t k = 2; k < fillers.size(); ++k) ::close(fillers[k]);
+    for (std::size_t k = 4; k < fillers.size(); ++k) ::close(fillers[k]);
     if (!wait_until_reaped_elsewhere(p.pid())) return fail(3, "the handler never reaped the child");
     p.join();
     if (p.exitcode() != procpool::exitcode_unknown) return fail(4, "exitcode() is " + exitcode_text(p));

@@ -132,6 +132,13 @@ template <class ChildMain>
                                           ForkOptions options, bool want_pidfd) {
   bind_child_functions();
   if (!options.streams_flushed) flush_standard_streams();
+  // With SIGCHLD ignored the kernel reaps a child the moment it ends, with no signal to block:
+  // one that ended before pidfd_open would leave no pidfd and so no status. The child therefore
+  // waits for a byte on this gate, written once the pidfd exists (usually before the child first
+  // runs: the parent needs only microseconds). A byte, not end-of-file, so that a copy of the
+  // write end inherited by some other fork cannot hold the child back.
+  Pipe gate;
+  if (want_pidfd) gate = make_pipe();
   sigset_t all;
   sigset_t old_mask;
   sigfillset(&all);
@@ -139,6 +146,11 @@ template <class ChildMain>
   const pid_t parent = ::getpid();
   const pid_t pid = ::fork();
   if (pid == 0) {
+    if (gate.read) {
+      gate.write.reset();  // our own copy must not keep end-of-file away if the parent dies first
+      char go = 0;
+      (void)read_some(gate.read.get(), &go, 1);  // the byte, or end-of-file if the parent died first
+    }
     if (options.die_with_parent) {
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);
       // The parent may have died before prctl ran: then nobody would ever send the signal.
@@ -158,10 +170,13 @@ template <class ChildMain>
   ForkedChild child{pid, Fd()};
   // Still inside the blocked window: a SIGCHLD handler of the caller that reaps with waitpid(-1)
   // cannot run on this thread before the pidfd exists, and a pidfd opened before the reap keeps
-  // the child's exit status readable afterwards (see reaped_child_status). Another thread of the
-  // caller can still run such a handler, but only for a child that ended within microseconds of
-  // fork; then pidfd_open fails with ESRCH and the status is reported as unknown, never as success.
-  if (pid > 0 && want_pidfd) child.pidfd = open_pidfd(pid);
+  // the child's exit status readable afterwards (see reaped_child_status). The child cannot end
+  // before this either (the gate above), so no other thread's handler can reap it first.
+  if (pid > 0 && want_pidfd) {
+    child.pidfd = open_pidfd(pid);
+    const char go = 1;
+    (void)write_all(gate.write.get(), &go, 1);  // an empty pipe: never blocks
+  }
   pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
   if (pid < 0) {
     std::string why = "procpool: cannot fork a child process";
@@ -183,8 +198,9 @@ template <class ChildMain>
   return fork_child_impl(std::forward<ChildMain>(child_main), keep_fds, options, false).pid;
 }
 
-/// fork_child, and a pidfd for the child opened before the forking thread's signals are unblocked,
-/// so the child's exit status survives a caller that reaps children itself (pitfall 13).
+/// fork_child, and a pidfd for the child opened before the forking thread's signals are unblocked
+/// and before the child runs anything, so the child's exit status survives a caller that reaps
+/// children itself (pitfall 13). Costs a pipe more than fork_child (two descriptors while it runs).
 ///
 /// Rejected alternatives: a raw clone3 with exit_signal = 0 (such a child is invisible to
 /// waitpid(-1) without __WALL) skips glibc's fork bookkeeping (atfork handlers, the malloc and
