@@ -104,7 +104,10 @@ using map_result_t = std::remove_cvref_t<std::invoke_result_t<F&, In&>>;
 /// workers' snapshot would be stale, so it runs in fresh workers forked for the call instead.
 template <class F>
 [[nodiscard]] bool reads_callers_current_memory(const F& f) noexcept {
-  if constexpr (is_use_snapshot_v<F> || !std::is_trivially_copyable_v<F>)
+  // A function pointer points to code, which the snapshot shares: nothing to check.
+  if constexpr (is_use_snapshot_v<F> || !std::is_trivially_copyable_v<F> ||
+                (std::is_pointer_v<F> && std::is_function_v<std::remove_pointer_t<F>>) ||
+                std::is_member_function_pointer_v<F>)
     return false;
   else
     return callable_may_reference_changing_memory(f);
