@@ -12,7 +12,7 @@
 #include <fstream>
 #include <optional>
 #include <procpool/pool.hpp>
-#include <ranges>
+#include <iterator>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -177,12 +177,41 @@ TEST_CASE("an input range that throws while it is read fails the map, and the po
   procpool::Pool pool{two_workers()};
   std::atomic<int> reads{0};
   {
-    std::vector<int> storage = iota_vector(5000);
-    auto throwing = storage | std::views::transform([&reads](int x) {
-                      ++reads;
-                      if (x == 500) throw Refused("element 500 is bad");
-                      return x;
-                    });
+    // A forward range whose reading throws at element 500 (as a views::transform would; written
+    // out because clang 14 cannot compile libstdc++ 12's views).
+    struct ThrowingRange {
+      const std::vector<int>* storage;
+      std::atomic<int>* reads;
+      struct iterator {
+        using iterator_category = std::forward_iterator_tag;
+        using value_type = int;
+        using difference_type = std::ptrdiff_t;
+        using pointer = const int*;
+        using reference = int;
+        const ThrowingRange* range = nullptr;
+        std::size_t at = 0;
+        int operator*() const {
+          ++*range->reads;
+          const int x = (*range->storage)[at];
+          if (x == 500) throw Refused("element 500 is bad");
+          return x;
+        }
+        iterator& operator++() {
+          ++at;
+          return *this;
+        }
+        iterator operator++(int) {
+          iterator old = *this;
+          ++at;
+          return old;
+        }
+        bool operator==(const iterator& other) const { return at == other.at; }
+      };
+      iterator begin() const { return {this, 0}; }
+      iterator end() const { return {this, storage->size()}; }
+    };
+    const std::vector<int> storage = iota_vector(5000);
+    const ThrowingRange throwing{&storage, &reads};
     CHECK_THROWS_MATCHES(pool.map(square, throwing), Refused, Catch::Matchers::Message("element 500 is bad"));
   }  // the range's storage is gone
   const int reads_after_call = reads.load();
@@ -313,8 +342,8 @@ TEST_CASE("a lambda capturing only plain values runs in the persistent workers")
   procpool::Pool pool{two_workers()};
   const auto pids = pool.worker_pids();
   // Two full words, no padding: padding bytes may hold leftover stack addresses, which count.
-  const std::int64_t k = 4;
-  const double scale = 2.5;
+  std::int64_t k = 4;  // not const: a constant would need no capture
+  double scale = 2.5;
   const auto ran_in =
       pool.map([k, scale](int x) { return static_cast<int>(x * k) * static_cast<int>(scale) + static_cast<int>(::getpid()); },
                std::vector{0, 0, 0});
