@@ -4,6 +4,7 @@
 
 #include "codec.hpp"
 #include "error.hpp"
+#include "outcome.hpp"
 #include "pool.hpp"
 #include "process.hpp"
 #include "version.hpp"
