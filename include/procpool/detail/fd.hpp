@@ -25,18 +25,6 @@
 
 namespace procpool::detail {
 
-/// A failed system call: a procpool::Error whose message ends with the errno text.
-class SystemError : public Error {
- public:
-  SystemError(const std::string& what, int err)
-      : Error(what + ": " + std::strerror(err) + " (errno " + std::to_string(err) + ")"), errno_(err) {}
-  [[nodiscard]] int error_number() const noexcept { return errno_; }
-
- private:
-  int errno_;
-};
-
-
 /// Every descriptor the library owns, as a lock-free bitmap, so that a forked child can close the
 /// descriptors it does not need (pitfall: a worker holding another worker's pipe keeps end-of-file
 /// from ever arriving). Lock-free because the child of a multithreaded parent cannot take locks.
