@@ -27,6 +27,7 @@
 #include <utility>
 
 #include "fd.hpp"
+#include "messages.hpp"
 
 extern "C" void __gcov_dump(void) __attribute__((weak));
 
@@ -253,30 +254,11 @@ inline constexpr std::uint64_t kPidfdInfoExit = std::uint64_t{1} << 3;
 /// neither an exit code (0..255) nor a signal (-1..-64), and safe to negate.
 inline constexpr int kExitcodeUnknown = -256;
 
-/// The name of a signal, e.g. "SIGKILL", or "signal 42" for one without a standard name.
-[[nodiscard]] inline std::string signal_name(int sig) {
-  if (const char* abbrev = ::sigabbrev_np(sig)) return std::string("SIG") + abbrev;
-  return "signal " + std::to_string(sig);
-}
-
 /// Python's exitcode convention for a waitpid status: the exit code, or -signal.
 [[nodiscard]] inline int exitcode_from_status(int status) noexcept {
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   if (WIFSIGNALED(status)) return -WTERMSIG(status);
   return -1;
-}
-
-/// "killed by signal 9 (SIGKILL)" or "exited with code 3", from an exitcode in Python's convention.
-[[nodiscard]] inline std::string describe_exitcode(int exitcode) {
-  if (exitcode == kExitcodeUnknown) return "ended in an unknown way";
-  if (exitcode < 0)
-    return "killed by signal " + std::to_string(-exitcode) + " (" + signal_name(-exitcode) + ")";
-  return "exited with code " + std::to_string(exitcode);
-}
-
-/// The same as a finite verb phrase: "was killed by signal 9 (SIGKILL)" or "exited with code 3".
-[[nodiscard]] inline std::string describe_ending(int exitcode) {
-  return exitcode < 0 && exitcode != kExitcodeUnknown ? "was " + describe_exitcode(exitcode) : describe_exitcode(exitcode);
 }
 
 }  // namespace procpool::detail
