@@ -33,6 +33,8 @@
 #include <variant>
 #include <vector>
 
+#include <fmt/core.h>
+
 #include "procpool/detail/buffer.hpp"
 #include "procpool/error.hpp"
 
@@ -62,13 +64,13 @@ inline constexpr std::size_t kReserveSlackBytes = std::size_t{1} << 16;
 struct DecoderAccess;
 
 [[noreturn, gnu::cold, gnu::noinline]] inline void throw_decode_error(const std::string& what) {
-  throw DecodeError("procpool: cannot decode: " + what);
+  throw DecodeError(fmt::format("procpool: cannot decode: {}", what));
 }
 
 [[noreturn, gnu::cold, gnu::noinline]] inline void throw_truncated(std::size_t wanted, std::size_t position,
                                                                      std::size_t remaining) {
-  throw_decode_error("truncated input (needed " + std::to_string(wanted) + " bytes at offset " +
-                     std::to_string(position) + ", " + std::to_string(remaining) + " remain)");
+  throw_decode_error(
+      fmt::format("truncated input (needed {} bytes at offset {}, {} remain)", wanted, position, remaining));
 }
 
 }  // namespace detail
@@ -192,25 +194,25 @@ class Decoder {
       if (pos_ >= size_) detail::throw_truncated(1, pos_, 0);
       const auto b = static_cast<std::uint8_t>(data_[pos_++]);
       if (i == detail::kMaxVarintBytes - 1 && b > 1) {
-        detail::throw_decode_error("varint at offset " + std::to_string(start) +
-                                   " is longer than 10 bytes or does not fit in 64 bits");
+        detail::throw_decode_error(
+            fmt::format("varint at offset {} is longer than 10 bytes or does not fit in 64 bits", start));
       }
       result |= static_cast<std::uint64_t>(b & 0x7f) << (7 * i);
       if ((b & 0x80) == 0) return result;
     }
     // Unreachable: the tenth byte either ends the varint or throws above.
-    detail::throw_decode_error("varint at offset " + std::to_string(start) + " is longer than 10 bytes");
+    detail::throw_decode_error(fmt::format("varint at offset {} is longer than 10 bytes", start));
   }
 
   [[noreturn, gnu::cold, gnu::noinline]] void bad_count(std::uint64_t n, std::size_t at,
                                                          std::size_t min_element_size) const {
     if (min_element_size == 0) {
-      detail::throw_decode_error("count " + std::to_string(n) + " at offset " + std::to_string(at) +
-                                 " exceeds the limit of " + std::to_string(detail::kMaxUnsizedCount));
+      detail::throw_decode_error(
+          fmt::format("count {} at offset {} exceeds the limit of {}", n, at, detail::kMaxUnsizedCount));
     }
-    detail::throw_decode_error("count " + std::to_string(n) + " at offset " + std::to_string(at) +
-                               " needs at least " + std::to_string(min_element_size) +
-                               " bytes per element but only " + std::to_string(remaining()) + " bytes remain");
+    detail::throw_decode_error(
+        fmt::format("count {} at offset {} needs at least {} bytes per element but only {} bytes remain", n, at,
+                    min_element_size, remaining()));
   }
 
   friend struct detail::DecoderAccess;
@@ -238,16 +240,16 @@ struct DecoderAccess {
   /// the input, so their total per decoder is capped like a single count of zero-sized elements.
   static void note_empty_element(Decoder& d) {
     if (++d.empty_elements_ > kMaxUnsizedCount) [[unlikely]] {
-      throw_decode_error("more than " + std::to_string(kMaxUnsizedCount) +
-                         " container elements with an empty encoding (at offset " + std::to_string(d.pos_) + ")");
+      throw_decode_error(fmt::format("more than {} container elements with an empty encoding (at offset {})",
+                                     kMaxUnsizedCount, d.pos_));
     }
   }
 
   static void enter(Decoder& d) {
     if (++d.depth_ > kMaxDecodeDepth) [[unlikely]] {
       --d.depth_;
-      throw_decode_error("user-defined types nested more than " + std::to_string(kMaxDecodeDepth) +
-                         " levels deep at offset " + std::to_string(d.pos_));
+      throw_decode_error(
+          fmt::format("user-defined types nested more than {} levels deep at offset {}", kMaxDecodeDepth, d.pos_));
     }
   }
   static void leave(Decoder& d) noexcept { --d.depth_; }
@@ -450,7 +452,7 @@ void decode_n(Decoder& d, std::size_t n, F&& decode_one) {
 }
 
 [[noreturn, gnu::cold, gnu::noinline]] inline void throw_bad_flag(const char* what, unsigned value) {
-  throw_decode_error(std::string("invalid ") + what + " byte " + std::to_string(value) + " (expected 0 or 1)");
+  throw_decode_error(fmt::format("invalid {} byte {} (expected 0 or 1)", what, value));
 }
 
 inline bool decode_flag(Decoder& d, const char* what) {
@@ -570,8 +572,8 @@ struct BuiltinCodec<std::variant<Ts...>>
     const std::size_t at = d.position();
     const std::uint64_t index = d.read_varint();
     if (index >= sizeof...(Ts)) [[unlikely]] {
-      throw_decode_error("variant index " + std::to_string(index) + " at offset " + std::to_string(at) +
-                         " is out of range (" + std::to_string(sizeof...(Ts)) + " alternatives)");
+      throw_decode_error(fmt::format("variant index {} at offset {} is out of range ({} alternatives)", index, at,
+                                     sizeof...(Ts)));
     }
     decode_alternative(d, out, static_cast<std::size_t>(index), std::index_sequence_for<Ts...>{});
   }
@@ -691,8 +693,8 @@ struct BuiltinCodec<std::vector<T, A>> : builtin_traits<DecodableElement<T>, 1> 
       for (std::size_t i = 0; i < n; ++i) {
         const auto b = static_cast<unsigned char>(bytes[i]);
         if (b > 1) [[unlikely]] {
-          throw_decode_error("invalid bool byte " + std::to_string(b) + " at offset " + std::to_string(at + i) +
-                             " (expected 0 or 1)");
+          throw_decode_error(
+              fmt::format("invalid bool byte {} at offset {} (expected 0 or 1)", static_cast<unsigned>(b), at + i));
         }
         out.push_back(b != 0);
       }
@@ -736,7 +738,7 @@ struct BuiltinCodec<std::list<T, A>> : builtin_traits<DecodableElement<T>, 1> {
 // ---- associative containers ----
 
 [[noreturn, gnu::cold, gnu::noinline]] inline void throw_duplicate_key(std::size_t at) {
-  throw_decode_error("duplicate key in a unique-key container (element ending at offset " + std::to_string(at) + ")");
+  throw_decode_error(fmt::format("duplicate key in a unique-key container (element ending at offset {})", at));
 }
 
 template <class M>
@@ -975,8 +977,8 @@ template <class T>
   Decoder d(bytes);
   T v = procpool::decode_as<T>(d);
   if (d.remaining() != 0) [[unlikely]] {
-    detail::throw_decode_error(std::to_string(d.remaining()) + " trailing bytes after the value (decoded " +
-                               std::to_string(d.position()) + " of " + std::to_string(bytes.size()) + " bytes)");
+    detail::throw_decode_error(fmt::format("{} trailing bytes after the value (decoded {} of {} bytes)",
+                                           d.remaining(), d.position(), bytes.size()));
   }
   return v;
 }

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cxxabi.h>
+#include <fmt/core.h>
 
 #include <cstdlib>
 #include <exception>
@@ -52,7 +53,8 @@ struct RemoteException {
 /// 1234", "item 41 (worker 3)").
 [[nodiscard]] inline RemoteError make_remote_error(const RemoteException& info, const std::string& context,
                                                    std::optional<std::size_t> item = std::nullopt) {
-  return RemoteError(context + " threw " + info.type_name + ": " + info.what, info.type_name, info.what, item);
+  return RemoteError(fmt::format("{} threw {}: {}", context, info.type_name, info.what), info.type_name, info.what,
+                     item);
 }
 
 }  // namespace procpool::detail
