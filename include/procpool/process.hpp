@@ -3,6 +3,8 @@
 
 #include <sys/types.h>
 
+#include <fmt/core.h>
+
 #include <chrono>
 #include <concepts>
 #include <cstdint>
@@ -16,8 +18,10 @@
 
 #include "codec.hpp"
 #include "detail/buffer.hpp"
+#include "detail/child_process.hpp"
 #include "detail/fd.hpp"
 #include "detail/fork.hpp"
+#include "detail/messages.hpp"
 #include "detail/remote_exception.hpp"
 #include "error.hpp"
 
@@ -75,14 +79,16 @@ struct ProcessTaskFor final : ProcessTask<R> {
 /// process 1234".
 [[nodiscard]] inline ProcessError ended_without_result(const std::string& who, int exitcode) {
   if (exitcode == kExitcodeUnknown)
-    return ProcessError(who + " ended without returning a result, and how it ended is unknown: another waitpid in "
-                              "this process (a SIGCHLD handler calling waitpid(-1)?) or the kernel (SIGCHLD set "
-                              "to SIG_IGN or SA_NOCLDWAIT) took its exit status, and this kernel cannot give it "
-                              "back (Linux 6.15 can); reap only your own children's pids to keep it",
+    return ProcessError(fmt::format("{} ended without returning a result, and how it ended is unknown: another "
+                                    "waitpid in this process (a SIGCHLD handler calling waitpid(-1)?) or the kernel "
+                                    "(SIGCHLD set to SIG_IGN or SA_NOCLDWAIT) took its exit status, and this kernel "
+                                    "cannot give it back (Linux 6.15 can); reap only your own children's pids to keep it",
+                                    who),
                         exitcode);
   if (exitcode == 0)
-    return ProcessError(who + " exited with code 0 without returning a result (did it call exit(0)?)", exitcode);
-  return ProcessError(who + " " + describe_ending(exitcode) + " before returning a result", exitcode);
+    return ProcessError(fmt::format("{} exited with code 0 without returning a result (did it call exit(0)?)", who),
+                        exitcode);
+  return ProcessError(fmt::format("{} {} before returning a result", who, describe_ending(exitcode)), exitcode);
 }
 
 }  // namespace detail
@@ -144,7 +150,7 @@ class Process {
     detail::Pipe pipe = detail::make_pipe();
     const int reply_fd = pipe.write.get();
     detail::ProcessTask<R>* task = task_.get();
-    detail::ForkedChild child = detail::fork_child_with_pidfd(
+    state->child = detail::fork_child_with_pidfd(
         [task, reply_fd]() -> int {
           detail::Buffer reply;
           task->run(reply);
@@ -152,8 +158,6 @@ class Process {
           return detail::write_all(reply_fd, reply.data(), reply.size()) == 0 ? 0 : 1;
         },
         {reply_fd});
-    state->pid = child.pid;
-    state->pidfd = std::move(child.pidfd);
     pipe.write.reset();
     detail::set_nonblocking(pipe.read.get(), true);
     state->reply = std::move(pipe.read);
@@ -178,18 +182,19 @@ class Process {
   /// waitpid(-1), or SIGCHLD ignored) on Linux 6.15 and later; on older kernels such a child's
   /// ending is unknown and this returns procpool::exitcode_unknown (never 0).
   [[nodiscard]] std::optional<int> exitcode() const {
-    if (state_) state_->poll_exit();
-    return state_ ? state_->exitcode : std::nullopt;
+    if (!state_) return std::nullopt;
+    state_->child.try_reap();
+    return state_->child.exitcode();
   }
 
   /// The child's process id, or -1 before start().
-  [[nodiscard]] pid_t pid() const noexcept { return state_ ? state_->pid : -1; }
+  [[nodiscard]] pid_t pid() const noexcept { return state_ ? state_->child.pid() : -1; }
 
   /// True between start() and the child's end.
   [[nodiscard]] bool is_alive() const {
     if (!state_) return false;
-    state_->poll_exit();
-    return !state_->exitcode.has_value();
+    state_->child.try_reap();
+    return !state_->child.reaped();
   }
 
   /// Asks the child to stop with SIGTERM (a no-op once it has ended).
@@ -203,7 +208,7 @@ class Process {
   R get() {
     (void)wait(std::nullopt, "get");
     const State& s = *state_;
-    const std::string who = "procpool::Process: the child process " + std::to_string(s.pid);
+    const std::string who = fmt::format("procpool::Process: the child process {}", s.child.pid());
     if (s.reply_bytes.size() > 0) {
       try {
         Decoder in(s.reply_bytes.view());
@@ -224,16 +229,14 @@ class Process {
         // An incomplete reply: the child died while writing it; reported below with its cause.
       }
     }
-    throw detail::ended_without_result(who, *s.exitcode);
+    throw detail::ended_without_result(who, *s.child.exitcode());
   }
 
  private:
   struct State {
-    pid_t pid = -1;
+    detail::ChildProcess child;  // reaped (its status known) once the child has ended
     detail::Fd reply;
-    detail::Fd pidfd;
     detail::Buffer reply_bytes;
-    std::optional<int> exitcode;  // set once ended: Python's convention, or exitcode_unknown
 
     /// Reads what is available without blocking; returns false at end-of-file.
     bool read_available() {
@@ -249,75 +252,53 @@ class Process {
       return false;
     }
 
-    void reap(int options) {
-      if (exitcode) return;
-      int status = 0;
-      const pid_t r = detail::waitpid_retry(pid, &status, options);
-      if (r == pid) {
-        exitcode = detail::exitcode_from_status(status);
-        pidfd.reset();
-      } else if (r < 0 && errno == ECHILD) {
-        // Someone reaped the child before us: the caller's SIGCHLD handler calling waitpid(-1), or
-        // the kernel when the caller ignores SIGCHLD or set SA_NOCLDWAIT. The pidfd, opened before
-        // that, may still know the status; if not, the ending is unknown, which must never read
-        // as success.
-        const std::optional<int> status_from_pidfd = detail::reaped_child_status(pidfd.get());
-        exitcode = status_from_pidfd ? detail::exitcode_from_status(*status_from_pidfd) : detail::kExitcodeUnknown;
-        pidfd.reset();
-      }
-    }
-
-    void poll_exit() { reap(WNOHANG); }
   };
 
   /// Collects the reply until the child ends or the deadline passes; true if it ended. `caller`
   /// names the public function, for the messages.
   bool wait(std::optional<std::chrono::nanoseconds> timeout, const char* caller) {
     if (moved_from())
-      throw Error(std::string("procpool::Process::") + caller + ": this Process was moved from; call " + caller +
-                  "() on the Process it was moved to");
+      throw Error(fmt::format("procpool::Process::{0}: this Process was moved from; call {0}() on the Process it "
+                              "was moved to",
+                              caller));
     if (!state_)
-      throw Error(std::string("procpool::Process::") + caller + ": this Process was not started; call start() first");
+      throw Error(fmt::format("procpool::Process::{}: this Process was not started; call start() first", caller));
     State& s = *state_;
     const auto deadline = std::chrono::steady_clock::now() + timeout.value_or(std::chrono::nanoseconds{0});
-    while (!s.exitcode) {
+    while (!s.child.reaped()) {
       const bool open = s.read_available();
-      if (!open && !s.pidfd) {
-        s.reap(0);  // no pidfd (old kernel): end-of-file is our signal that the child is ending
+      if (!open && s.child.readable_fd() < 0) {
+        s.child.reap();  // no pidfd (old kernel): end-of-file is our signal that the child is ending
         break;
       }
       int wait_ms = -1;
       if (timeout) {
         const auto left = deadline - std::chrono::steady_clock::now();
         if (left <= std::chrono::nanoseconds{0}) {
-          s.poll_exit();
+          s.child.try_reap();
           break;
         }
         wait_ms = static_cast<int>(std::chrono::ceil<std::chrono::milliseconds>(left).count());
       }
-      pollfd fds[2] = {{s.pidfd.get(), POLLIN, 0}, {s.reply.get(), POLLIN, 0}};
+      pollfd fds[2] = {{s.child.readable_fd(), POLLIN, 0}, {s.reply.get(), POLLIN, 0}};
       // A negative fd is ignored by poll: a closed reply or a missing pidfd simply drops out.
       detail::poll_retry(fds, 2, wait_ms);
       if (fds[0].revents != 0) {
         s.read_available();  // whatever the child wrote before it ended is in the pipe now
-        s.reap(0);
+        s.child.reap();
       }
     }
-    if (s.exitcode) s.read_available();
-    return s.exitcode.has_value();
+    if (s.child.reaped()) s.read_available();
+    return s.child.reaped();
   }
 
   void signal(int sig) {
     if (!state_) return;
-    State& s = *state_;
-    s.poll_exit();
-    if (s.exitcode) return;
-    // Before reaping, the pid cannot be reused, so kill() on it is race-free here; the pidfd
-    // route is preferred anyway where it exists.
-#ifdef SYS_pidfd_send_signal
-    if (s.pidfd && ::syscall(SYS_pidfd_send_signal, s.pidfd.get(), sig, nullptr, 0) == 0) return;
-#endif
-    ::kill(s.pid, sig);
+    detail::ChildProcess& child = state_->child;
+    // Reaped first if it has ended, so that it is never signalled by a pid that may be reused (a
+    // caller's waitpid(-1) may have taken it: then the status is known and signal() does nothing).
+    child.try_reap();
+    (void)child.signal(sig);
   }
 
   /// Neither a callable to run nor a started child: what a move leaves behind (start() keeps the

@@ -1,11 +1,10 @@
-// procpool::detail: the one place that forks, and the words for how a child ended.
+// procpool::detail: the one place that forks, and how a forked child ends.
 #pragma once
 
 #include <fcntl.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
-#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -19,13 +18,14 @@
 #include <cstdlib>
 #include <cstdio>
 #include <cstring>
-#include <cstdint>
 #include <initializer_list>
 #include <iostream>
-#include <optional>
 #include <string>
 #include <utility>
 
+#include <fmt/core.h>
+
+#include "child_process.hpp"
 #include "fd.hpp"
 #include "messages.hpp"
 
@@ -119,27 +119,27 @@ struct ForkOptions {
   /// The forking process has written nothing to its streams since they were last flushed (the
   /// zygote: forked right after a flush, it runs no user code), so they need no flush before fork.
   bool streams_flushed = false;
-};
-
-/// A child just forked, with a pidfd for it when asked for one and the kernel has pidfds.
-struct ForkedChild {
-  pid_t pid = -1;
-  Fd pidfd;  // invalid unless asked for, or on kernels without pidfd_open (< 5.3)
+  /// The forking process reaps its children itself, by pid, and keeps SIGCHLD at its default (the
+  /// zygote): no child of it can be reaped by anyone else before its pidfd is open, so
+  /// fork_child_with_pidfd needs no gate pipe (see fork_child_impl), which saves two descriptors
+  /// and a read and a write per fork.
+  bool sole_reaper = false;
 };
 
 /// fork_child and fork_child_with_pidfd: one implementation.
 template <class ChildMain>
-[[nodiscard]] ForkedChild fork_child_impl(ChildMain&& child_main, std::initializer_list<int> keep_fds,
-                                          ForkOptions options, bool want_pidfd) {
+[[nodiscard]] ChildProcess fork_child_impl(ChildMain&& child_main, std::initializer_list<int> keep_fds,
+                                           ForkOptions options, bool want_pidfd) {
   bind_child_functions();
   if (!options.streams_flushed) flush_standard_streams();
   // With SIGCHLD ignored the kernel reaps a child the moment it ends, with no signal to block:
   // one that ended before pidfd_open would leave no pidfd and so no status. The child therefore
   // waits for a byte on this gate, written once the pidfd exists (usually before the child first
   // runs: the parent needs only microseconds). A byte, not end-of-file, so that a copy of the
-  // write end inherited by some other fork cannot hold the child back.
+  // write end inherited by some other fork cannot hold the child back. A sole reaper (the zygote)
+  // needs no gate: nobody but itself reaps its children.
   Pipe gate;
-  if (want_pidfd) gate = make_pipe();
+  if (want_pidfd && !options.sole_reaper) gate = make_pipe();
   sigset_t all;
   sigset_t old_mask;
   sigfillset(&all);
@@ -168,97 +168,53 @@ template <class ChildMain>
     exit_child(code);
   }
   const int fork_errno = errno;
-  ForkedChild child{pid, Fd()};
+  Fd pidfd;
   // Still inside the blocked window: a SIGCHLD handler of the caller that reaps with waitpid(-1)
   // cannot run on this thread before the pidfd exists, and a pidfd opened before the reap keeps
   // the child's exit status readable afterwards (see reaped_child_status). The child cannot end
   // before this either (the gate above), so no other thread's handler can reap it first.
   if (pid > 0 && want_pidfd) {
-    child.pidfd = open_pidfd(pid);
-    const char go = 1;
-    (void)write_all(gate.write.get(), &go, 1);  // an empty pipe: never blocks
+    pidfd = open_pidfd(pid);
+    if (gate.write) {
+      const char go = 1;
+      (void)write_all(gate.write.get(), &go, 1);  // an empty pipe: never blocks
+    }
   }
   pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
   if (pid < 0) {
-    std::string why = "procpool: cannot fork a child process";
-    if (fork_errno == EAGAIN) why += " (the process limit RLIMIT_NPROC or the system's pid limit is reached)";
-    if (fork_errno == ENOMEM) why += " (out of memory)";
-    throw SystemError(why, fork_errno);
+    const char* cause = fork_errno == EAGAIN   ? " (the process limit RLIMIT_NPROC or the system's pid limit is reached)"
+                        : fork_errno == ENOMEM ? " (out of memory)"
+                                               : "";
+    throw SystemError(fmt::format("procpool: cannot fork a child process{}", cause), fork_errno);
   }
-  return child;
+  return ChildProcess(pid, std::move(pidfd));
 }
 
 /// Forks a child that runs `child_main()` and then exits with its return value via exit_child.
-/// In the parent returns the child's pid; throws procpool::Error (with the errno text) if fork fails,
+/// In the parent returns the child's pid, which the caller must reap by that pid (fork_child_with_pidfd
+/// returns a ChildProcess handle instead); throws procpool::Error (with the errno text) if fork fails,
 /// in which case no child exists. Around fork all signals are blocked, so no handler of the caller runs
 /// in the child before the child has restored the caller's signal mask; the library's descriptors
 /// other than `keep_fds` are closed in the child.
 template <class ChildMain>
 [[nodiscard]] pid_t fork_child(ChildMain&& child_main, std::initializer_list<int> keep_fds,
                                ForkOptions options = {}) {
-  return fork_child_impl(std::forward<ChildMain>(child_main), keep_fds, options, false).pid;
+  return fork_child_impl(std::forward<ChildMain>(child_main), keep_fds, options, false).release();
 }
 
-/// fork_child, and a pidfd for the child opened before the forking thread's signals are unblocked
-/// and before the child runs anything, so the child's exit status survives a caller that reaps
-/// children itself (pitfall 13). Costs a pipe more than fork_child (two descriptors while it runs).
+/// fork_child, returning a handle to the child that holds a pidfd for it (kernels since 5.3),
+/// opened before the forking thread's signals are unblocked and before the child runs anything,
+/// so the child's exit status survives a caller that reaps children itself (pitfall 13). Costs a
+/// pipe more than fork_child (two descriptors while it runs), unless options.sole_reaper.
 ///
 /// Rejected alternatives: a raw clone3 with exit_signal = 0 (such a child is invisible to
 /// waitpid(-1) without __WALL) skips glibc's fork bookkeeping (atfork handlers, the malloc and
 /// stdio locks, the cached tid), which is unsafe when the caller has other threads; an
 /// intermediate process that forks the real child and reports its status doubles the fork cost.
 template <class ChildMain>
-[[nodiscard]] ForkedChild fork_child_with_pidfd(ChildMain&& child_main, std::initializer_list<int> keep_fds,
-                                                ForkOptions options = {}) {
+[[nodiscard]] ChildProcess fork_child_with_pidfd(ChildMain&& child_main, std::initializer_list<int> keep_fds,
+                                                 ForkOptions options = {}) {
   return fork_child_impl(std::forward<ChildMain>(child_main), keep_fds, options, true);
-}
-
-/// struct pidfd_info of <linux/pidfd.h> as first published (PIDFD_INFO_SIZE_VER0, 64 bytes, Linux
-/// 6.13; exit_code filled since 6.15). Defined here because the C library's headers may predate it;
-/// the kernel accepts this size from any later kernel's larger struct.
-struct PidfdInfo {
-  std::uint64_t mask;
-  std::uint64_t cgroupid;
-  std::uint32_t pid, tgid, ppid, ruid, rgid, euid, egid, suid, sgid, fsuid, fsgid;
-  std::int32_t exit_code;
-};
-static_assert(sizeof(PidfdInfo) == 64, "struct pidfd_info, PIDFD_INFO_SIZE_VER0, is 64 bytes");
-
-/// PIDFD_GET_INFO and PIDFD_INFO_EXIT of <linux/pidfd.h>.
-inline constexpr unsigned long kPidfdGetInfo = _IOWR(0xFF, 11, PidfdInfo);
-inline constexpr std::uint64_t kPidfdInfoExit = std::uint64_t{1} << 3;
-
-/// The waitpid status of a child that was reaped by someone else (a caller's SIGCHLD handler
-/// looping on waitpid(-1), or the kernel itself when SIGCHLD is ignored), read from a pidfd opened
-/// before the reap. nullopt when the kernel cannot say: before Linux 6.15 (no PIDFD_INFO_EXIT:
-/// ENOTTY, EINVAL or ESRCH) or without a pidfd.
-[[nodiscard]] inline std::optional<int> reaped_child_status(int pidfd) noexcept {
-  if (pidfd < 0) return std::nullopt;
-  // The kernel records the status when it releases the child, a moment after the other waiter
-  // claimed it (which is when our waitpid starts to say ECHILD): a task that still exists is
-  // looked at again, for at most about a second.
-  for (int attempt = 0; attempt < 1000; ++attempt) {
-    PidfdInfo info{};
-    info.mask = kPidfdInfoExit;
-    if (::ioctl(pidfd, kPidfdGetInfo, &info) != 0) {
-      if (errno == EINTR) continue;
-      return std::nullopt;
-    }
-    if ((info.mask & kPidfdInfoExit) != 0) return info.exit_code;
-    ::poll(nullptr, 0, 1);
-  }
-  return std::nullopt;
-}
-
-/// The exitcode procpool gives a child whose ending is unknown (see procpool::exitcode_unknown):
-/// neither an exit code (0..255) nor a signal (-1..-64), and safe to negate.
-inline constexpr int kExitcodeUnknown = -256;
-
-/// Python's exitcode convention for a waitpid status: the exit code, or -signal.
-[[nodiscard]] inline int exitcode_from_status(int status) noexcept {
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return -WTERMSIG(status);
-  return -1;
 }
 
 }  // namespace procpool::detail
