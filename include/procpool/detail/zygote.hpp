@@ -22,6 +22,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "child_process.hpp"
 #include "fd.hpp"
 #include "fork.hpp"
 #include "worker.hpp"
@@ -108,13 +109,9 @@ struct ZygoteSetup {
 /// The zygote's main loop. Ends when the parent closes the control socket (or dies): then it kills
 /// and reaps whatever workers remain, so none outlives the pool.
 inline int zygote_main(int control, const ZygoteSetup& setup) {
-  struct Child {
-    pid_t pid;
-    Fd pidfd;
-  };
   // Room for every worker, made before the first fork: a zygote that allocates after a fork
   // copies the allocator's pages it writes, which the child still shares.
-  std::vector<Child> children;
+  std::vector<ChildProcess> children;
   children.reserve(setup.slots.size());
   std::vector<pollfd> fds;
   fds.reserve(setup.slots.size() + 1);
@@ -128,34 +125,26 @@ inline int zygote_main(int control, const ZygoteSetup& setup) {
   sigemptyset(&default_chld.sa_mask);
   ::sigaction(SIGCHLD, &default_chld, nullptr);
 
+  // Reaps child k (which has ended, or been killed), reports how it ended if asked, and forgets it.
+  // The wait cannot fail: the zygote keeps SIGCHLD at its default, so its children wait to be reaped.
   const auto reap = [&](std::size_t k, bool report) {
-    int status = 0;
-    // Cannot fail: the zygote keeps SIGCHLD at its default, so its children wait to be reaped.
-    if (waitpid_retry(children[k].pid, &status, 0) != children[k].pid) status = 0;
-    if (report) send_message(control, {ZygoteMessage::Op::exited, -1, children[k].pid, status});
+    const int status = children[k].reap();
+    if (report) send_message(control, {ZygoteMessage::Op::exited, -1, children[k].pid(), status});
     children.erase(children.begin() + static_cast<std::ptrdiff_t>(k));
   };
 
   for (;;) {
     fds.clear();
     fds.push_back({control, POLLIN, 0});
-    for (const Child& c : children) fds.push_back({c.pidfd.get(), POLLIN, 0});
+    for (const ChildProcess& c : children) fds.push_back({c.readable_fd(), POLLIN, 0});
     // Without pidfds (kernels before 5.3) children are checked for exit every 50 ms instead.
     bool without_pidfd = false;
-    for (const Child& c : children) without_pidfd = without_pidfd || !c.pidfd;
+    for (const ChildProcess& c : children) without_pidfd = without_pidfd || c.readable_fd() < 0;
     poll_retry(fds.data(), fds.size(), without_pidfd ? 50 : -1);
 
     for (std::size_t k = fds.size() - 1; k >= 1; --k) {
-      Child& c = children[k - 1];
-      if (fds[k].revents != 0) {
-        reap(k - 1, true);
-      } else if (!c.pidfd) {
-        int status = 0;
-        if (waitpid_retry(c.pid, &status, WNOHANG) == c.pid) {
-          send_message(control, {ZygoteMessage::Op::exited, -1, c.pid, status});
-          children.erase(children.begin() + static_cast<std::ptrdiff_t>(k - 1));
-        }
-      }
+      ChildProcess& c = children[k - 1];
+      if (fds[k].revents != 0 || (c.readable_fd() < 0 && c.try_reap())) reap(k - 1, true);
     }
 
     if (fds[0].revents == 0) continue;
@@ -187,19 +176,21 @@ inline int zygote_main(int control, const ZygoteSetup& setup) {
       ws.caller_sigchld = &setup.caller_sigchld;
       ws.lanes = setup.lanes;
       const int channel = worker_end.get();
-      const pid_t pid = fork_child([&] { return worker_main(channel, ws); }, {channel},
-                                   ForkOptions{.die_with_parent = true, .streams_flushed = true});
+      // A pidfd without the gate pipe: the zygote is its children's only reaper.
+      ChildProcess worker =
+          fork_child_with_pidfd([&] { return worker_main(channel, ws); }, {channel},
+                                ForkOptions{.die_with_parent = true, .streams_flushed = true, .sole_reaper = true});
       worker_end.reset();
-      Fd pidfd = open_pidfd(pid);
-      Fd pidfd_for_parent(pidfd ? ::fcntl(pidfd.get(), F_DUPFD_CLOEXEC, 0) : -1);
+      const pid_t pid = worker.pid();
+      Fd pidfd_for_parent(worker.pidfd() >= 0 ? ::fcntl(worker.pidfd(), F_DUPFD_CLOEXEC, 0) : -1);
       const int passed[2] = {parent_end.get(), pidfd_for_parent.get()};
       const int sent = send_message(control, {ZygoteMessage::Op::spawned, index, pid, 0},
                                     std::span<const int>(passed, pidfd_for_parent ? 2 : 1));
-      children.push_back({pid, std::move(pidfd)});
+      children.push_back(std::move(worker));
       if (sent != 0) {
         // The parent would wait for this worker forever: end it (it is reaped like any other)
         // and say why, so that the parent can try again.
-        ::kill(pid, SIGKILL);
+        children.back().signal(SIGKILL);
         send_message(control, {ZygoteMessage::Op::spawn_failed, index, -1, sent});
       }
     } catch (const SystemError& e) {
@@ -215,17 +206,12 @@ inline int zygote_main(int control, const ZygoteSetup& setup) {
     const auto left = std::chrono::ceil<std::chrono::milliseconds>(grace_end - std::chrono::steady_clock::now());
     if (left.count() <= 0) break;
     fds.clear();
-    for (const Child& c : children) fds.push_back({c.pidfd.get(), POLLIN, 0});
+    for (const ChildProcess& c : children) fds.push_back({c.readable_fd(), POLLIN, 0});
     if (poll_retry(fds.data(), fds.size(), static_cast<int>(std::min<std::int64_t>(left.count(), 10))) < 0) break;
-    for (std::size_t k = children.size(); k-- > 0;) {
-      int status = 0;
-      if (fds[k].revents != 0 || waitpid_retry(children[k].pid, &status, WNOHANG) == children[k].pid) {
-        if (fds[k].revents != 0) waitpid_retry(children[k].pid, &status, 0);
-        children.erase(children.begin() + static_cast<std::ptrdiff_t>(k));
-      }
-    }
+    for (std::size_t k = children.size(); k-- > 0;)
+      if (fds[k].revents != 0 || children[k].try_reap()) reap(k, false);
   }
-  for (Child& c : children) ::kill(c.pid, SIGKILL);
+  for (ChildProcess& c : children) c.signal(SIGKILL);
   while (!children.empty()) reap(children.size() - 1, false);
   exit_child_unflushed(0);  // the zygote wrote nothing to the standard streams
 }
