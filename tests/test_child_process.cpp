@@ -1,5 +1,8 @@
 // procpool::detail::ChildProcess and ForeignProcess: the handles that signal and reap the processes
 // the library starts (Process's child, the zygote, the workers), and the fork functions that make them.
+//
+// Self-contained (no support.hpp): the bodies that change process-wide state run in a helper
+// process forked here, and report a failed check by their exit code.
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -10,6 +13,8 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdio>
+#include <functional>
+#include <iostream>
 #include <optional>
 #include <procpool/detail/child_process.hpp>
 #include <procpool/detail/fork.hpp>
@@ -67,6 +72,40 @@ bool kernel_keeps_reaped_status() {
   ::waitpid(pid, &status, 0);
   const std::optional<int> kept = procpool::detail::reaped_child_status(pidfd.get());
   return kept && WIFEXITED(*kept) && WEXITSTATUS(*kept) == 7;
+}
+
+/// Runs `body` in a forked helper and returns its waitpid status (the helper exits with the body's
+/// return value), so that what the body changes (stdio, signal dispositions) stays in the helper.
+int run_isolated(const std::function<int()>& body) {
+  std::cout.flush();
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    int code = 99;
+    try {
+      code = body();
+    } catch (...) {
+    }
+    std::fflush(nullptr);
+    ::_exit(code);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return status;
+}
+
+/// Everything readable from `fd` until end-of-file.
+std::string read_all(int fd) {
+  std::string out;
+  char buf[256];
+  for (ssize_t n; (n = procpool::detail::read_some(fd, buf, sizeof buf)) > 0;) out.append(buf, static_cast<std::size_t>(n));
+  return out;
+}
+
+std::size_t count_occurrences(const std::string& text, const std::string& what) {
+  std::size_t n = 0;
+  for (std::size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + what.size())) ++n;
+  return n;
 }
 
 }  // namespace
@@ -299,4 +338,57 @@ TEST_CASE("A foreign process without a pidfd is signalled by its pid") {
   const int status = middle.reap();
   CHECK(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == 0);  // the grandchild died of our SIGUSR1
+}
+
+TEST_CASE("With sync_with_stdio(false), std::cout output not yet flushed at fork is written once") {
+  // The C++ streams keep their own buffers then; flush_standard_streams reaches them without <iostream>.
+  const int status = run_isolated([] {
+    std::ios_base::sync_with_stdio(false);
+    TestPipe out;
+    if (::dup2(out.write.get(), 1) < 0) return 1;
+    out.write.reset();
+    std::cout << "cout-before\n";  // deliberately not flushed
+    ChildProcess child = procpool::detail::fork_child_with_pidfd([] {
+      std::cout << "cout-child\n";  // flushed by the child's exit
+      return 0;
+    }, {1});
+    if (child.reap() != 0) return 2;
+    std::cout << "cout-after\n";
+    std::cout.flush();
+    ::close(1);
+    const std::string text = read_all(out.read.get());
+    if (count_occurrences(text, "cout-before\n") != 1) return 3;
+    if (count_occurrences(text, "cout-child\n") != 1) return 4;
+    if (count_occurrences(text, "cout-after\n") != 1) return 5;
+    if (text.find("cout-before") > text.find("cout-child")) return 6;
+    // The caller's setting stays as it was: asking (sync_with_stdio(true)) changed nothing.
+    if (std::ios_base::sync_with_stdio(false)) return 7;
+    return 0;
+  });
+  INFO("the isolated body's waitpid status: " << status);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+}
+
+TEST_CASE("Synced with stdio (the default), std::cout output not yet flushed at fork is written once") {
+  const int status = run_isolated([] {
+    TestPipe out;
+    if (::dup2(out.write.get(), 1) < 0) return 1;
+    out.write.reset();
+    std::setvbuf(stdout, nullptr, _IOFBF, 1 << 16);  // as for a file: fully buffered
+    std::cout << "cout-before\n";
+    std::printf("printf-before\n");
+    ChildProcess child = procpool::detail::fork_child_with_pidfd([] { return 0; }, {1});
+    if (child.reap() != 0) return 2;
+    std::fflush(nullptr);
+    ::close(1);
+    const std::string text = read_all(out.read.get());
+    if (count_occurrences(text, "cout-before\n") != 1) return 3;
+    if (count_occurrences(text, "printf-before\n") != 1) return 4;
+    if (!std::ios_base::sync_with_stdio(true)) return 5;  // still synced
+    return 0;
+  });
+  INFO("the isolated body's waitpid status: " << status);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
 }

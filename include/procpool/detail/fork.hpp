@@ -19,7 +19,7 @@
 #include <cstdio>
 #include <cstring>
 #include <initializer_list>
-#include <iostream>
+#include <ostream>
 #include <string>
 #include <utility>
 
@@ -33,19 +33,50 @@ extern "C" void __gcov_dump(void) __attribute__((weak));
 
 namespace procpool::detail {
 
-/// Flushes C stdio and the standard C++ streams, so buffered output is written once, not once per
-/// process (pitfall: with stdout redirected to a file or pipe, unflushed output is duplicated).
-inline void flush_standard_streams() noexcept {
+#if defined(__GLIBCXX__)
+/// libstdc++'s standard streams, named by their symbols and referenced weakly: <iostream> is not
+/// included (see flush_standard_streams), and a program that never uses them may not have them.
+extern std::ostream weak_cout __asm__("_ZSt4cout") __attribute__((weak));
+extern std::ostream weak_cerr __asm__("_ZSt4cerr") __attribute__((weak));
+extern std::ostream weak_clog __asm__("_ZSt4clog") __attribute__((weak));
+extern std::wostream weak_wcout __asm__("_ZSt5wcout") __attribute__((weak));
+extern std::wostream weak_wcerr __asm__("_ZSt5wcerr") __attribute__((weak));
+extern std::wostream weak_wclog __asm__("_ZSt5wclog") __attribute__((weak));
+
+/// Flushes the standard C++ streams of a program that turned off their sync with C stdio.
+inline void flush_unsynced_cxx_streams() noexcept {
   try {
-    std::cout.flush();
-    std::cerr.flush();
-    std::clog.flush();
-    std::wcout.flush();
-    std::wcerr.flush();
-    std::wclog.flush();
+    if (&weak_cout != nullptr) weak_cout.flush();
+    if (&weak_cerr != nullptr) weak_cerr.flush();
+    if (&weak_clog != nullptr) weak_clog.flush();
+    if (&weak_wcout != nullptr) weak_wcout.flush();
+    if (&weak_wcerr != nullptr) weak_wcerr.flush();
+    if (&weak_wclog != nullptr) weak_wclog.flush();
   } catch (...) {
     // A stream whose exceptions() mask throws on failure: nothing sensible to do about it here.
   }
+}
+#endif
+
+/// Flushes C stdio and, when they buffer on their own, the standard C++ streams, so buffered
+/// output is written once, not once per process (pitfall 1: with stdout redirected to a file or a
+/// pipe, unflushed output is duplicated).
+///
+/// Without <iostream>, which the library does not otherwise need and which (libstdc++ before
+/// GCC 13) gives every translation unit that includes it a static initializer. The C++ streams
+/// need a flush of their own only when the program turned off their sync with C stdio:
+///  - synced (the default), libstdc++'s std::cout and friends keep no buffer, every output goes
+///    straight to stdout's FILE, so fflush(nullptr) writes it out; libc++'s streams always work
+///    that way, whatever sync_with_stdio was told;
+///  - unsynced, libstdc++'s streams buffer on their own (a filebuf on the descriptor). A program
+///    can only get there by calling std::ios_base::sync_with_stdio(false), which constructs the
+///    streams first, so they exist and are flushed through weak references to their symbols.
+/// std::ios_base::sync_with_stdio(true) asks which case holds: in libstdc++ it only reports the
+/// current setting (only a change to false does anything), so the caller's setting is kept.
+inline void flush_standard_streams() noexcept {
+#if defined(__GLIBCXX__)
+  if (!std::ios_base::sync_with_stdio(true)) flush_unsynced_cxx_streams();
+#endif
   std::fflush(nullptr);
 }
 
