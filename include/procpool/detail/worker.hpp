@@ -31,6 +31,7 @@
 #include "fd.hpp"
 #include "lanes.hpp"
 #include "remote_exception.hpp"
+#include "spin.hpp"
 #include "wire.hpp"
 
 namespace procpool::detail {
@@ -61,25 +62,6 @@ struct alignas(64) WorkerSlot {
   alignas(64) std::byte mailbox[kMailboxBytes];
 };
 
-/// Spins until `counter` moves away from `seen`, or `or_set` (if given) becomes non-zero, or
-/// `budget` passes; true unless the budget ran out. Yields the CPU now and then, in case the peer
-/// it waits for shares this CPU.
-inline bool spin_until_changed(const std::atomic<std::uint64_t>& counter, std::uint64_t seen,
-                               std::chrono::nanoseconds budget,
-                               const std::atomic<std::uint32_t>* or_set = nullptr) noexcept {
-  const auto until = std::chrono::steady_clock::now() + budget;
-  for (unsigned k = 1;; ++k) {
-    if (counter.load(std::memory_order_acquire) != seen) return true;
-    if (or_set != nullptr && or_set->load(std::memory_order_acquire) != 0) return true;
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-    if (k % 64 == 0) {
-      if (std::chrono::steady_clock::now() >= until) return false;
-      if (k % 1024 == 0) ::sched_yield();
-    }
-  }
-}
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free, "the worker slot must be lock-free across processes");
 
 [[nodiscard]] inline std::int64_t monotonic_ns() noexcept {
