@@ -1,14 +1,15 @@
 // procpool::detail: what runs inside a pool worker: the job runners and the worker's main loop.
 #pragma once
 
-#if defined(__GLIBC__)
-#include <malloc.h>
-#endif
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/uio.h>
 #include <time.h>
+// After a C library header, which defines __GLIBC__.
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include <atomic>
 #include <chrono>
@@ -29,6 +30,7 @@
 #include "../codec.hpp"
 #include "buffer.hpp"
 #include "fd.hpp"
+#include "fork.hpp"
 #include "lanes.hpp"
 #include "remote_exception.hpp"
 #include "spin.hpp"
@@ -80,7 +82,7 @@ static_assert(std::atomic<std::uint64_t>::is_always_lock_free, "the worker slot 
 struct ChunkWork {
   std::span<const std::byte> items;
   std::uint32_t count = 0;
-  std::span<const std::byte> skip;  // skip_count little u32 local indices (unaligned)
+  SkipIndices skip;  // ascending local indices, each < count: decoded but not run
   WorkerSlot* slot = nullptr;
   bool timed = false;
 };
@@ -182,7 +184,7 @@ class Runner final : public JobRunner {
     Encoder values(out.values);
     Encoder failures(out.failures);
     std::size_t next_skip = 0;
-    const std::size_t skip_count = work.skip.size() / sizeof(std::uint32_t);
+    const std::size_t skip_count = work.skip.size();
     In item{};
     const auto fail = [&](std::uint32_t index, const RemoteException& why) {
       failures.write_bytes(&index, sizeof index);
@@ -200,13 +202,13 @@ class Runner final : public JobRunner {
                                    "not run: the argument of an earlier item in its chunk could not be decoded in the "
                                    "worker, so where this item's argument starts is unknown"};
         for (std::uint32_t j = i + 1; j < work.count; ++j) {
-          while (next_skip < skip_count && skip_at(work.skip, next_skip) < j) ++next_skip;
-          if (next_skip < skip_count && skip_at(work.skip, next_skip) == j) continue;
+          while (next_skip < skip_count && work.skip[next_skip] < j) ++next_skip;
+          if (next_skip < skip_count && work.skip[next_skip] == j) continue;
           fail(j, rest);
         }
         return;
       }
-      if (next_skip < skip_count && skip_at(work.skip, next_skip) == i) {
+      if (next_skip < skip_count && work.skip[next_skip] == i) {
         ++next_skip;
         continue;
       }
@@ -229,12 +231,6 @@ class Runner final : public JobRunner {
   }
 
  private:
-  static std::uint32_t skip_at(std::span<const std::byte> skip, std::size_t k) noexcept {
-    std::uint32_t v;
-    std::memcpy(&v, skip.data() + k * sizeof v, sizeof v);
-    return v;
-  }
-
   decltype(auto) call(In& item) {
     if constexpr (Style == CallStyle::apply)
       return std::apply(f_.get(), item);
@@ -266,7 +262,8 @@ class SpinningReader {
   SpinningReader(int fd, WorkerSlot& slot) : fd_(fd), slot_(slot) {}
 
   /// The next frame, from the mailbox or the socket; false at end-of-file (the parent closed the
-  /// pool, or is gone). The payload view stays valid until the next call.
+  /// pool, or is gone). The payload view stays valid until the next call. Throws DecodeError for a
+  /// header the parent never sends (check_frame_header), before reading its payload.
   bool next_frame(FrameHeader& h, std::span<const std::byte>& payload) {
     std::span<const std::byte> header_bytes;
     const Got got = next(sizeof h, header_bytes, /*between_frames=*/true);
@@ -281,6 +278,7 @@ class SpinningReader {
       return true;
     }
     std::memcpy(&h, header_bytes.data(), sizeof h);
+    check_frame_header(h, Sender::parent);
     return next(static_cast<std::size_t>(h.length), payload, /*between_frames=*/false) == Got::bytes;
   }
 
@@ -299,6 +297,7 @@ class SpinningReader {
       return;
     }
     std::memcpy(&h, boxed_.data(), sizeof h);
+    check_frame_header(h, Sender::parent);
     payload = std::span<const std::byte>(boxed_.data() + sizeof h,
                                          std::min<std::size_t>(static_cast<std::size_t>(h.length), length - sizeof h));
   }
@@ -353,7 +352,7 @@ class SpinningReader {
 inline void send_frame_or_exit(int fd, const Buffer& frame, WorkerSlot& slot) {
   // Blocking write: the parent always drains results, so this cannot deadlock; if the parent is
   // gone the write fails (EPIPE, or SIGPIPE) and the worker ends, which is what it should do.
-  if (write_all(fd, frame.data(), frame.size()) != 0) exit_child(0);
+  if (write_all(fd, frame.data(), frame.size()) != 0) exit_child(worker_exit_code(WorkerExit::finished));
   slot.to_parent.fetch_add(1, std::memory_order_release);
 }
 
@@ -389,16 +388,13 @@ inline int worker_main(int channel, const WorkerSetup& setup) {
     try {
       (*setup.initializer)();
     } catch (...) {
-      const std::size_t at = begin_frame(frame, FrameKind::init_failed, 0);
-      Encoder e(frame);
-      encode(e, describe_current_exception());
-      end_frame(frame, at);
+      append_init_failed_frame(frame, describe_current_exception());
       send_frame_or_exit(result_fd, frame, *setup.slot);
-      return 3;
+      return worker_exit_code(WorkerExit::initializer_failed);
     }
   }
   setup.slot->initialized.store(1, std::memory_order_release);
-  begin_frame(frame, FrameKind::ready, 0);
+  append_ready_frame(frame);
   send_frame_or_exit(result_fd, frame, *setup.slot);
 
   std::unique_ptr<JobRunner> runner;
@@ -408,44 +404,52 @@ inline int worker_main(int channel, const WorkerSetup& setup) {
   Buffer values;
   Buffer failures;
   for (;;) {
+    // Read and check the frame first; only then act on it. A frame that does not parse is the
+    // parent's fault (it never sends one): the worker ends, and the parent sees why from its exit.
+    // (Exceptions from what the frame asks for, such as rebuilding a callable, are not caught here.)
     FrameHeader h;
-    if (!reader.next_frame(h, payload)) return 0;
+    ParsedJob job;
+    ParsedChunk chunk;
+    try {
+      if (!reader.next_frame(h, payload)) return worker_exit_code(WorkerExit::finished);
+      if (h.kind == FrameKind::chunk) {
+        chunk = parse_chunk(h, payload);
+      } else if (h.kind == FrameKind::job) {
+        job = parse_job(h, payload);
+      }
+    } catch (const DecodeError&) {
+      return worker_exit_code(WorkerExit::protocol_error);
+    }
     switch (h.kind) {
       case FrameKind::shutdown:
-        return 0;
+        return worker_exit_code(WorkerExit::finished);
       case FrameKind::wake:
         break;
       case FrameKind::job: {
-        std::uintptr_t address = 0;
-        std::memcpy(&address, payload.data(), sizeof address);
-        const auto factory = reinterpret_cast<RunnerFactory>(address);
+        const auto factory = reinterpret_cast<RunnerFactory>(job.runner_factory);
         runner.reset();
-        runner = factory(payload.subspan(sizeof address));
-        runner_job = h.id;
+        runner = factory(job.callable);
+        runner_job = job.job_id;
         break;
       }
       case FrameKind::chunk: {
-        ChunkHeader ch;
-        if (payload.size() < sizeof ch) return 4;  // the parent never does this
-        std::memcpy(&ch, payload.data(), sizeof ch);
-        if (!runner || ch.job_id != runner_job) return 4;
-        const std::size_t skip_bytes = std::size_t{ch.skip_count} * sizeof(std::uint32_t);
-        std::span<const std::byte> items = payload.subspan(sizeof ch + skip_bytes);
+        if (!runner || chunk.job_id != runner_job) return worker_exit_code(WorkerExit::protocol_error);
+        std::span<const std::byte> items = chunk.items;
         // The results are encoded straight into the chunk's results lane, when it holds one: if
         // they are large, the parent decodes them from there.
         std::span<std::byte> results_lane;
-        if (ch.lane < LaneArea::kLanesPerWorker && setup.lanes != nullptr && setup.lanes->available()) {
+        if (chunk.lane != kNoLane && setup.lanes != nullptr && setup.lanes->available()) {
           const auto index = static_cast<std::size_t>(setup.index);
-          if (ch.lane_bytes > 0) {
-            const std::span<std::byte> lane = setup.lanes->items(index, ch.lane);
-            if (ch.lane_bytes > lane.size()) return 4;
-            items = lane.first(static_cast<std::size_t>(ch.lane_bytes));
+          if (chunk.lane_bytes > 0) {
+            const std::span<std::byte> lane = setup.lanes->items(index, chunk.lane);
+            if (chunk.lane_bytes > lane.size()) return worker_exit_code(WorkerExit::protocol_error);
+            items = lane.first(static_cast<std::size_t>(chunk.lane_bytes));
           }
-          results_lane = setup.lanes->results(index, ch.lane);
-        } else if (ch.lane_bytes > 0) {
-          return 4;
+          results_lane = setup.lanes->results(index, chunk.lane);
+        } else if (chunk.lane_bytes > 0) {
+          return worker_exit_code(WorkerExit::protocol_error);  // items in lanes this worker does not have
         }
-        ChunkWork work{items, ch.count, payload.subspan(sizeof ch, skip_bytes), setup.slot, setup.timed};
+        ChunkWork work{items, chunk.count, chunk.skip, setup.slot, setup.timed};
         if (results_lane.empty()) {
           // A buffer still over an earlier chunk's lane must not write there any more.
           if (values.owns_storage()) {
@@ -469,23 +473,21 @@ inline int worker_main(int channel, const WorkerSetup& setup) {
         // to blame, so the parent re-runs the chunk instead of accusing an item.
         setup.slot->chunk_id.store(0, std::memory_order_release);
         const bool values_in_lane = !values.owns_storage() && values.size() >= kLaneThresholdBytes;
-        const ResultsHeader rh{ch.count, out.failed_count, failures.size(),
-                               static_cast<std::uint64_t>(monotonic_ns() - t0), values_in_lane ? values.size() : 0};
         // Values not left in the lane go out straight from their buffer (writev), not copied
-        // behind the header.
+        // behind the head.
         const std::size_t inline_values = values_in_lane ? 0 : values.size();
         frame.clear();
-        const FrameHeader fh{FrameKind::results, 0, h.id, sizeof rh + failures.size() + inline_values};
-        frame.append(&fh, sizeof fh);
-        frame.append(&rh, sizeof rh);
-        frame.append(failures.data(), failures.size());
+        append_results_head(frame, h.id, chunk.count, out.failed_count, failures.view(),
+                            static_cast<std::uint64_t>(monotonic_ns() - t0), values_in_lane ? values.size() : 0,
+                            inline_values);
         iovec parts[2] = {{frame.data(), frame.size()}, {values.data(), inline_values}};
-        if (writev_all(result_fd, parts, inline_values > 0 ? 2 : 1) != 0) exit_child(0);
+        if (writev_all(result_fd, parts, inline_values > 0 ? 2 : 1) != 0)
+          exit_child(worker_exit_code(WorkerExit::finished));  // the parent is gone
         setup.slot->to_parent.fetch_add(1, std::memory_order_release);
         break;
       }
       default:
-        return 4;
+        return worker_exit_code(WorkerExit::protocol_error);  // check_frame_header let no other kind through
     }
   }
 }
