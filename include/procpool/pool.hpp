@@ -1,61 +1,33 @@
 // procpool::Pool: persistent, pinned worker processes with map / try_map / imap / submit.
 #pragma once
 
-#include <sched.h>
-
+#include <algorithm>
 #include <chrono>
 #include <concepts>
 #include <cstddef>
-#include <exception>
-#include <functional>
 #include <initializer_list>
 #include <iterator>
-#include <map>
 #include <memory>
 #include <optional>
 #include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
-#include <variant>
 #include <vector>
 
 #include "codec.hpp"
+#include "detail/batches.hpp"
 #include "detail/closure_references.hpp"
 #include "detail/pool_core.hpp"
+#include "detail/settings.hpp"
 #include "detail/worker.hpp"
 #include "error.hpp"
+#include "future.hpp"
+#include "imap_results.hpp"
+#include "options.hpp"
 #include "outcome.hpp"
 
 namespace procpool {
-
-/// How a Pool is set up. Fields keep this order; new ones are added after them.
-struct PoolOptions {
-  /// Number of worker processes; 0 means one per CPU in the caller's affinity mask.
-  std::size_t workers = 0;
-  /// Pin worker i to the i-th allowed CPU (round-robin over the caller's affinity mask, so
-  /// `taskset` and cgroup cpusets are respected).
-  bool pin_cpus = true;
-  /// Items per message; 0 sizes chunks automatically (about a millisecond of work each).
-  std::size_t chunk_size = 0;
-  /// Replace a worker after it ran this many items (like Python's maxtasksperchild); 0: never.
-  std::size_t max_tasks_per_worker = 0;
-  /// An item running longer than this fails with TimeoutError and its worker is killed and
-  /// replaced; 0: no limit.
-  std::chrono::milliseconds task_timeout{0};
-  /// Runs once in each worker (and each replacement) before its first task, e.g. to open a
-  /// per-worker resource. If it throws, the pool is broken: calls fail with procpool::Error.
-  std::function<void()> initializer{};
-};
-
-/// Per-call settings of map, try_map and imap.
-struct MapOptions {
-  /// Items per message for this call; 0 uses the pool's setting.
-  std::size_t chunk_size = 0;
-  /// Called as outcomes arrive with (items done, total items; 0 while unknown). It runs on the
-  /// thread waiting on the pool and must not call into the pool.
-  std::function<void(std::size_t done, std::size_t total)> on_progress{};
-};
 
 class Pool;
 
@@ -89,407 +61,7 @@ struct CallThrough {
   }
 };
 
-/// The batch of a map / try_map / imap call over an iterator range, with either dense storage
-/// (map, try_map: every outcome kept in input order) or a stream (imap: outcomes handed out and
-/// forgotten, memory bounded by a window).
-template <class It, class Sent, class In, class Out>
-class RangeBatch final : public Batch {
- public:
-  /// `storage`: for map_into, the caller's vector, whose elements the results are decoded into
-  /// (so that the memory they own is reused).
-  RangeBatch(It first, Sent last, std::optional<std::size_t> size, MapOptions options, bool stream, bool ordered,
-             std::size_t workers, std::vector<Out> storage = {})
-      : it_(std::move(first)), end_(std::move(last)), options_(std::move(options)), stream_(stream),
-        ordered_(ordered), workers_(workers), values_(std::move(storage)) {
-    chunk_size = options_.chunk_size;
-    if (size) {
-      total = *size;
-      total_known = true;
-      if (total == 0) source_done = true;
-      if (!stream_) values_.resize(total);
-    }
-  }
-
-  std::size_t encode_next(std::size_t max_items, std::size_t max_bytes, Buffer& out) override {
-    const std::size_t start = out.size();
-    std::size_t n = 0;
-    if constexpr (std::contiguous_iterator<It> && std::same_as<It, Sent> && is_bitwise_codec_v<In>) {
-      // Contiguous trivially-encoded inputs: one memcpy for the whole chunk.
-      n = std::min<std::size_t>(max_items, static_cast<std::size_t>(end_ - it_));
-      n = std::min(n, std::max<std::size_t>(1, max_bytes / sizeof(In)));
-      out.append(std::to_address(it_), n * sizeof(In));
-      it_ += static_cast<std::ptrdiff_t>(n);
-    } else {
-      Encoder e(out);
-      while (n < max_items && it_ != end_ && (n == 0 || out.size() - start < max_bytes)) {
-        encode(e, static_cast<const In&>(*it_));
-        ++it_;
-        ++n;
-      }
-    }
-    encoded_bytes_ += out.size() - start;
-    return n;
-  }
-
-  void accept_value(std::size_t index, Decoder& in) override {
-    if (!stream_) {
-      if constexpr (std::is_same_v<Out, bool>) {
-        bool v = false;
-        decode(in, v);
-        values_[index] = v;
-      } else {
-        decode(in, values_[index]);
-      }
-    } else {
-      Out v{};
-      decode(in, v);
-      ready(index, Outcome<Out>(std::move(v)));
-    }
-  }
-
-  bool accept_bulk(std::size_t first, std::size_t count, std::span<const std::byte> bytes) override {
-    if constexpr (is_bitwise_codec_v<Out> && !std::is_same_v<Out, bool>) {
-      if (stream_) return false;
-      if (bytes.size() != count * sizeof(Out)) throw DecodeError("procpool: results of the wrong size");
-      std::memcpy(static_cast<void*>(values_.data() + first), bytes.data(), bytes.size());
-      return true;
-    } else {
-      (void)first, (void)count, (void)bytes;
-      return false;
-    }
-  }
-
-  void accept_error(std::size_t index, std::exception_ptr error) override {
-    if (!stream_) {
-      errors_.emplace(index, std::move(error));
-    } else {
-      ready(index, Outcome<Out>(std::move(error)));
-    }
-  }
-
-  void on_progress() override {
-    if (options_.on_progress && completed != reported_) {
-      reported_ = completed;
-      options_.on_progress(completed, total_known ? total : 0);
-    }
-  }
-
-  /// imap keeps at most about 64 MiB of items outstanding (dispatched and not yet consumed), counting
-  /// each by the larger of its input's and its result's encoded size, and at least 4 per worker.
-  [[nodiscard]] std::size_t room() const override {
-    if (!stream_) return SIZE_MAX;
-    const std::size_t input = dispatched > 0 ? std::max<std::size_t>(1, encoded_bytes_ / dispatched) : 64;
-    const std::size_t result = results_counted_ > 0 ? result_bytes_ / results_counted_ : 0;
-    const std::size_t average = std::max(input, result);
-    const std::size_t limit = std::clamp<std::size_t>((std::size_t{64} << 20) / average, 4 * workers_, 1 << 16);
-    const std::size_t outstanding = dispatched - consumed;
-    return outstanding >= limit ? 0 : limit - outstanding;
-  }
-
-  void note_results(std::size_t count, std::size_t bytes) override {
-    results_counted_ += count;
-    result_bytes_ += bytes;
-  }
-
-  [[nodiscard]] bool streaming() const override { return stream_; }
-
-  // ---- the caller's side (with the core's mutex held) ----
-
-  /// map: the values, or the failure of the lowest-numbered failed item.
-  std::vector<Out> take_values() {
-    if (!errors_.empty()) std::rethrow_exception(errors_.begin()->second);
-    return std::move(values_);
-  }
-
-  /// map_into: the values, failed items' elements value-initialised; then the failure of the
-  /// lowest-numbered failed item is thrown, as by map.
-  void take_values_into(std::vector<Out>& out) {
-    for (const auto& [index, error] : errors_) values_[index] = Out{};
-    out = std::move(values_);
-    if (!errors_.empty()) std::rethrow_exception(errors_.begin()->second);
-  }
-
-  /// try_map: every item's outcome.
-  std::vector<Outcome<Out>> take_outcomes() {
-    std::vector<Outcome<Out>> out;
-    out.reserve(values_.size());
-    for (std::size_t i = 0; i < values_.size(); ++i) {
-      const auto e = errors_.find(i);
-      if (e != errors_.end()) {
-        out.emplace_back(e->second);
-      } else {
-        out.emplace_back(std::move(values_[i]));
-      }
-    }
-    return out;
-  }
-
-  /// imap: whether the next outcome is available (or the stream is over).
-  [[nodiscard]] bool has_next() const {
-    if (ordered_) return !stream_ready_.empty() && stream_ready_.begin()->first == next_index_;
-    return !stream_ready_.empty();
-  }
-  [[nodiscard]] bool exhausted() const { return source_done && next_index_ >= total && stream_ready_.empty(); }
-
-  Outcome<Out> take_next() {
-    auto node = stream_ready_.extract(stream_ready_.begin());
-    ++next_index_;
-    ++consumed;
-    return std::move(node.mapped());
-  }
-
-  /// imap, once no outcome is ready: throws why the stream ended early, if it did (once).
-  void throw_if_ended_early() {
-    if (caller_error && !reported_end_) {
-      reported_end_ = true;
-      std::rethrow_exception(caller_error);
-    }
-    if (cut_reason && !reported_end_ && !caller_error) {
-      reported_end_ = true;
-      throw Error(*cut_reason);
-    }
-  }
-
- private:
-  void ready(std::size_t index, Outcome<Out> outcome) {
-    // Unordered imap hands out in arrival order: the key is then the arrival number.
-    const std::size_t key = ordered_ ? index : arrivals_++;
-    stream_ready_.emplace(key, std::move(outcome));
-  }
-
-  It it_;
-  Sent end_;
-  MapOptions options_;
-  bool stream_;
-  bool ordered_;
-  std::size_t workers_;
-  std::size_t encoded_bytes_ = 0;
-  std::size_t result_bytes_ = 0;
-  std::size_t results_counted_ = 0;
-  std::size_t reported_ = 0;
-  std::vector<Out> values_;
-  std::map<std::size_t, std::exception_ptr> errors_;
-  std::map<std::size_t, Outcome<Out>> stream_ready_;
-  std::size_t next_index_ = 0;
-  std::size_t arrivals_ = 0;
-  bool reported_end_ = false;
-};
-
-/// The batch of one submit(): one item, the arguments, and where its outcome goes.
-template <class Args, class R>
-class SubmitBatch final : public Batch {
- public:
-  explicit SubmitBatch(Args args) : args_(std::move(args)) {
-    total = 1;
-    total_known = true;
-  }
-
-  std::size_t encode_next(std::size_t max_items, std::size_t, Buffer& out) override {
-    if (max_items == 0 || sent_) return 0;
-    Encoder e(out);
-    encode(e, args_);
-    sent_ = true;
-    return 1;
-  }
-  void accept_value(std::size_t, Decoder& in) override {
-    if constexpr (!std::is_void_v<R>) {
-      R v{};
-      decode(in, v);
-      value_.emplace(std::move(v));
-    }
-  }
-  bool accept_bulk(std::size_t, std::size_t, std::span<const std::byte>) override { return false; }
-  void accept_error(std::size_t, std::exception_ptr error) override { error_ = std::move(error); }
-  [[nodiscard]] std::string describe(std::size_t) const override { return "the submitted task"; }
-
-  /// The outcome; called once, after the batch settled.
-  R take() {
-    if (caller_error) std::rethrow_exception(caller_error);
-    if (error_) std::rethrow_exception(error_);
-    if constexpr (!std::is_void_v<R>) return std::move(*value_);
-  }
-
- private:
-  Args args_;
-  bool sent_ = false;
-  std::conditional_t<std::is_void_v<R>, char, std::optional<std::conditional_t<std::is_void_v<R>, char, R>>> value_{};
-  std::exception_ptr error_;
-};
-
-/// The CPUs of the caller's affinity mask, in order.
-[[nodiscard]] inline std::vector<int> allowed_cpus() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  std::vector<int> cpus;
-  if (::sched_getaffinity(0, sizeof set, &set) == 0) {
-    for (int c = 0; c < CPU_SETSIZE; ++c)
-      if (CPU_ISSET(c, &set)) cpus.push_back(c);
-  }
-  return cpus;
-}
-
 }  // namespace detail
-
-/// The result of Pool::submit: get() waits for the task (driving the pool meanwhile) and returns
-/// its value or rethrows its failure. Movable; its type depends only on the result type.
-template <class R>
-class Future {
- public:
-  Future() = default;
-  Future(Future&&) noexcept = default;
-  Future& operator=(Future&&) noexcept = default;
-  /// Move-only, like std::future: the result is taken once.
-  Future(const Future&) = delete;
-  Future& operator=(const Future&) = delete;
-
-  /// True if this Future refers to a task whose result has not been taken yet.
-  [[nodiscard]] bool valid() const noexcept { return state_ != nullptr; }
-
-  /// True once the task has an outcome. Does not wait, but does the pool's pending work that
-  /// takes no waiting (reads results that arrived), so polling sees the task finish.
-  [[nodiscard]] bool ready() const {
-    check_valid();
-    core_->make_progress();
-    std::lock_guard lock(core_->mutex());
-    return state_->finished();
-  }
-
-  /// Waits for the outcome.
-  void wait() const {
-    check_valid();
-    core_->wait_until([&] { return state_->finished(); });
-  }
-
-  /// Waits at most `timeout` (zero: only polls, like ready()); true if the outcome is there.
-  template <class Rep, class Period>
-  [[nodiscard]] bool wait_for(std::chrono::duration<Rep, Period> timeout) const {
-    check_valid();
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    core_->make_progress();
-    core_->wait_until([&] { return state_->finished() || std::chrono::steady_clock::now() >= deadline; },
-                      deadline);
-    std::lock_guard lock(core_->mutex());
-    return state_->finished();
-  }
-
-  /// Waits, then returns the task's value or throws its failure (RemoteError, ProcessError,
-  /// TimeoutError). The result is taken: afterwards valid() is false.
-  R get() {
-    wait();
-    auto state = std::move(state_);
-    auto core = std::move(core_);
-    std::unique_lock lock(core->mutex());
-    return state->take();
-  }
-
- private:
-  friend class Pool;
-
-  template <class Args>
-  Future(std::shared_ptr<detail::PoolCore> core, std::shared_ptr<detail::SubmitBatch<Args, R>> state)
-      : core_(std::move(core)), state_(std::make_shared<Erased<Args>>(std::move(state))) {}
-
-  struct ErasedBase {
-    virtual ~ErasedBase() = default;
-    [[nodiscard]] virtual bool finished() const = 0;
-    virtual R take() = 0;
-  };
-  template <class Args>
-  struct Erased final : ErasedBase {
-    explicit Erased(std::shared_ptr<detail::SubmitBatch<Args, R>> b) : batch(std::move(b)) {}
-    [[nodiscard]] bool finished() const override { return batch->settled(); }
-    R take() override { return batch->take(); }
-    std::shared_ptr<detail::SubmitBatch<Args, R>> batch;
-  };
-
-  void check_valid() const {
-    if (!state_) throw Error("procpool::Future: no task (default-constructed, moved from, or get() already called)");
-  }
-
-  std::shared_ptr<detail::PoolCore> core_;
-  std::shared_ptr<ErasedBase> state_;
-};
-
-/// A lazy sequence of results from Pool::imap / imap_unordered: iterating drives the pool. Items
-/// are dispatched as results are consumed, so memory stays bounded however long the input is.
-/// Dereferencing yields the item's value, or throws its failure; `outcomes()` style access is
-/// through next_outcome(). Destroying it early abandons the items not yet dispatched.
-///
-/// It keeps the pool's internals alive, not the pool: if the Pool is shut down or destroyed
-/// before the iteration is over, the outcomes of the items already dispatched are still yielded,
-/// and then iteration throws procpool::Error saying that the rest of the input did not run.
-template <class Out>
-class ImapResults {
- public:
-  /// An input iterator over the results.
-  class iterator {
-   public:
-    using iterator_category = std::input_iterator_tag;
-    using value_type = Out;
-    using difference_type = std::ptrdiff_t;
-    using pointer = const Out*;
-    using reference = const Out&;
-
-    iterator() = default;
-    const Out& operator*() const { return current().value(); }
-    const Out* operator->() const { return &current().value(); }
-    iterator& operator++() {
-      owner_->advance();
-      return *this;
-    }
-    void operator++(int) { ++*this; }
-    friend bool operator==(const iterator& it, std::default_sentinel_t) { return it.at_end(); }
-
-   private:
-    friend class ImapResults;
-    explicit iterator(ImapResults* owner) : owner_(owner) {}
-    const Outcome<Out>& current() const { return *owner_->current_; }
-    [[nodiscard]] bool at_end() const { return !owner_->current_.has_value(); }
-    ImapResults* owner_ = nullptr;
-  };
-
-  ImapResults(ImapResults&&) noexcept = default;
-  ImapResults& operator=(ImapResults&&) noexcept = default;
-  ImapResults(const ImapResults&) = delete;
-  ImapResults& operator=(const ImapResults&) = delete;
-  ~ImapResults() {
-    if (core_ && batch_) core_->forget(batch_);
-  }
-
-  /// Starts iteration (fetches the first outcome).
-  iterator begin() {
-    if (!started_) {
-      started_ = true;
-      advance();
-    }
-    return iterator(this);
-  }
-  std::default_sentinel_t end() const noexcept { return {}; }
-
-  /// The next outcome, or nullopt at the end: the non-throwing way to consume results. Use
-  /// either this or the iterators on one ImapResults, not both.
-  std::optional<Outcome<Out>> next_outcome() {
-    started_ = true;
-    return next_();
-  }
-
- private:
-  friend class Pool;
-  using Next = std::function<std::optional<Outcome<Out>>()>;
-
-  ImapResults(std::shared_ptr<detail::PoolCore> core, std::shared_ptr<detail::Batch> batch,
-              std::shared_ptr<void> keep_alive, Next next)
-      : core_(std::move(core)), batch_(std::move(batch)), keep_alive_(std::move(keep_alive)), next_(std::move(next)) {}
-
-  void advance() { current_ = next_(); }
-
-  std::shared_ptr<detail::PoolCore> core_;
-  std::shared_ptr<detail::Batch> batch_;
-  std::shared_ptr<void> keep_alive_;  // an input range imap owns (an rvalue argument)
-  Next next_;
-  std::optional<Outcome<Out>> current_;
-  bool started_ = false;
-};
 
 /// A fixed set of worker processes (Python's multiprocessing.Pool), forked once at construction
 /// and pinned one per CPU. Work is cut into chunks handed out dynamically; results come back in
@@ -509,25 +81,14 @@ class Pool {
   /// `workers` worker processes.
   explicit Pool(std::size_t workers) : Pool(options_with_workers(workers)) {}
   /// A pool set up by `options`.
-  explicit Pool(PoolOptions options) {
-    detail::CoreSettings s;
-    const std::vector<int> cpus = detail::allowed_cpus();
-    s.workers = options.workers > 0 ? options.workers : std::max<std::size_t>(1, cpus.size());
-    if (options.pin_cpus) s.cpus = cpus;
-    s.chunk_size = options.chunk_size;
-    s.max_tasks_per_worker = options.max_tasks_per_worker;
-    s.task_timeout = options.task_timeout;
-    s.initializer = std::move(options.initializer);
-    settings_ = s;
-    core_ = std::make_shared<detail::PoolCore>(std::move(s));
-  }
+  explicit Pool(PoolOptions options)
+      : core_(std::make_shared<detail::PoolCore>(detail::Settings::from(std::move(options)))) {}
 
   Pool(Pool&&) noexcept = default;
   Pool& operator=(Pool&& other) noexcept {
     if (this != &other) {
       shutdown_quietly();
       core_ = std::move(other.core_);
-      settings_ = std::move(other.settings_);
     }
     return *this;
   }
@@ -570,7 +131,7 @@ class Pool {
       static_assert(std::is_same_v<Out, detail::map_result_t<std::decay_t<F>, In>>,
                     "procpool::Pool::map_into: `out` must be a std::vector of the callable's result type");
     }
-    std::shared_ptr<detail::RangeBatch<decltype(begin(inputs)), decltype(end(inputs)), In, Out>> batch;
+    std::shared_ptr<detail::DenseBatch<decltype(begin(inputs)), decltype(end(inputs)), In, Out>> batch;
     try {
       batch = run_dense(std::forward<F>(f), inputs, std::move(options), std::move(out));
     } catch (...) {
@@ -615,8 +176,7 @@ class Pool {
                   "procpool::Pool::submit: the result type must be encodable (see procpool/codec.hpp)");
     Placement where = place<Tuple, detail::CallStyle::apply>(f, 1);
     auto batch = std::make_shared<detail::SubmitBatch<Tuple, R>>(Tuple(std::forward<Args>(args)...));
-    batch->job_id = where.job;
-    where.core->add_batch(batch);
+    where.core->add_batch(batch, where.job);
     // The task belongs to the pool, not to its Future: it runs to completion if the Future is
     // dropped, and the pool's join(), terminate() and destructor cover it.
     if (where.core != core_) core().adopt(where.core);
@@ -704,7 +264,7 @@ class Pool {
 
   /// Fresh workers for one call: as many as the pool has, but no more than the call has items.
   std::shared_ptr<detail::PoolCore> fresh_core(std::optional<std::size_t> items) const {
-    detail::CoreSettings settings = settings_;
+    detail::Settings settings = core_->settings();
     if (items) settings.workers = std::clamp<std::size_t>(*items, 1, settings.workers);
     return std::make_shared<detail::PoolCore>(std::move(settings));
   }
@@ -720,7 +280,7 @@ class Pool {
     CallEnd(const CallEnd&) = delete;
     CallEnd& operator=(const CallEnd&) = delete;
     ~CallEnd() {
-      core->forget(batch);
+      core->forget(*batch);
       if (!fresh) return;
       try {
         core->shutdown(/*graceful=*/batch->finished());
@@ -738,7 +298,7 @@ class Pool {
   static std::uint64_t register_on(detail::PoolCore& core, const Fn& f) {
     detail::Buffer bytes;
     detail::encode_callable(f, bytes);
-    return core.register_job(&detail::Runner<Fn, In, Style>::make, bytes);
+    return core.register_job(reinterpret_cast<std::uintptr_t>(&detail::Runner<Fn, In, Style>::make), bytes.view());
   }
 
   template <class F, class In>
@@ -767,14 +327,13 @@ class Pool {
     static_assert(std::forward_iterator<It>,
                   "procpool::Pool::map needs a multi-pass range; use imap for a single-pass input");
     const auto size = static_cast<std::size_t>(std::distance(begin(inputs), end(inputs)));
-    auto batch = std::make_shared<detail::RangeBatch<It, Sent, In, Out>>(
-        begin(inputs), end(inputs), size, std::move(options), false, true, size_hint(), std::move(storage)...);
     Placement where = place<In, detail::CallStyle::invoke>(f, size);
-    batch->job_id = where.job;
-    where.core->add_batch(batch);
+    auto batch = std::make_shared<detail::DenseBatch<It, Sent, In, Out>>(begin(inputs), end(inputs), size,
+                                                                          std::move(options), std::move(storage)...);
+    where.core->add_batch(batch, where.job);
     const CallEnd end_of_call{where.core, batch, where.core != core_};
     where.core->wait_until([&] { return batch->settled(); });
-    if (batch->caller_error) std::rethrow_exception(batch->caller_error);
+    if (batch->caller_error()) std::rethrow_exception(batch->caller_error());
     return batch;
   }
 
@@ -798,26 +357,16 @@ class Pool {
     using Out = detail::map_result_t<Fn, In>;
     std::optional<std::size_t> size;
     if constexpr (requires { std::size(*range); }) size = static_cast<std::size_t>(std::size(*range));
-    auto batch = std::make_shared<detail::RangeBatch<It, Sent, In, Out>>(begin(*range), end(*range), size,
-                                                                           std::move(options), true, ordered, size_hint());
     Placement where = place<In, detail::CallStyle::invoke>(f, size);
-    batch->job_id = where.job;
-    where.core->add_batch(batch);
+    auto batch = std::make_shared<detail::StreamRangeBatch<It, Sent, In, Out>>(
+        std::move(owned), begin(*range), end(*range), size, std::move(options), ordered, size_hint());
+    where.core->add_batch(batch, where.job);
     if (where.core != core_) core().adopt(where.core);
-    std::shared_ptr<detail::PoolCore> core = where.core;
-    auto next = [core, batch]() -> std::optional<Outcome<Out>> {
-      core->wait_until([&] { return batch->has_next() || batch->exhausted() || batch->caller_error; });
-      std::unique_lock lock(core->mutex());
-      if (batch->has_next()) return batch->take_next();
-      batch->throw_if_ended_early();
-      return std::nullopt;
-    };
-    return ImapResults<Out>(std::move(core), batch, std::move(owned), std::move(next));
+    return ImapResults<Out>(std::move(where.core), std::move(batch));
   }
 
   [[nodiscard]] std::size_t size_hint() const { return core().size(); }
 
-  detail::CoreSettings settings_;  // for fresh workers
   std::shared_ptr<detail::PoolCore> core_;
 };
 

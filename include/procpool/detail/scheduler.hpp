@@ -1,0 +1,354 @@
+// procpool::detail: the scheduler: which worker runs what, and what happens when one fails.
+//
+// It knows no process, socket or clock of its own. It sees numbered workers through a Transport
+// (which carries chunks to them and reports what they send back and when they die) and time
+// through a Clock, so that tests can drive it with fakes of both (tests/test_scheduler.cpp). The
+// pool's driver (pool_core.hpp) owns it and calls it with the pool's mutex held.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <fmt/core.h>
+
+#include "../error.hpp"
+#include "batch.hpp"
+#include "chunk.hpp"
+#include "job_table.hpp"
+#include "lifecycle.hpp"
+#include "settings.hpp"
+
+namespace procpool::detail {
+
+/// Where a worker stands in its work, as its transport sees it.
+struct RunningItem {
+  std::uint64_t chunk = 0;      // the chunk it runs; 0: none
+  std::uint32_t item = 0;       // the local index in that chunk
+  std::int64_t started_ns = 0;  // when that item started, on the scheduler's clock; 0: unknown
+};
+
+/// What the scheduler needs of the way to its workers. Worker slots are numbered 0..workers-1; a
+/// slot's process may be replaced many times.
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  /// May lend memory to encode a new chunk for worker w into (sets c.items and c.lane).
+  virtual void lend_storage(std::size_t w, Chunk& c) = 0;
+  /// Sends chunk `id` to w, with its job first if w does not hold that job yet. `idle`: w has
+  /// nothing else in flight.
+  virtual void send(std::size_t w, std::uint64_t id, Chunk& c, const Job& job, bool idle) = 0;
+  /// Chunk `id` is no longer w's (answered, or to run again): memory lent for it comes back.
+  virtual void release(std::size_t w, std::uint64_t id, Chunk& c) = 0;
+  /// Asks w to exit once it has answered what it holds (it is then reported lost).
+  virtual void retire(std::size_t w) = 0;
+  /// Kills w (it is then reported lost).
+  virtual void kill(std::size_t w) = 0;
+  /// Asks for a new worker in slot w (reported started, or spawn_failed).
+  virtual void replace(std::size_t w) = 0;
+  /// What w runs now.
+  [[nodiscard]] virtual RunningItem running(std::size_t w) const = 0;
+  /// Whether w's initializer has returned.
+  [[nodiscard]] virtual bool initialized(std::size_t w) const = 0;
+  /// How messages name w ("worker 1 (pid 4242)").
+  [[nodiscard]] virtual std::string describe(std::size_t w) const = 0;
+  /// Whether w runs on the caller's CPU: such workers are served last, so that a lone task runs
+  /// beside the caller, not in its way.
+  [[nodiscard]] virtual bool on_callers_cpu(std::size_t /*w*/) const { return false; }
+};
+
+/// The scheduler's time, in nanoseconds on one monotonic clock (the transport's RunningItem
+/// uses the same one).
+class Clock {
+ public:
+  virtual ~Clock() = default;
+  [[nodiscard]] virtual std::int64_t now_ns() const = 0;
+};
+
+/// The scheduler whose progress callback runs on this thread, if any: a callback that calls into
+/// its own pool would deadlock on the pool's mutex, which the thread already holds.
+[[nodiscard]] inline const void*& callback_running_for() noexcept {
+  static thread_local const void* scheduler = nullptr;
+  return scheduler;
+}
+
+class Scheduler {
+ public:
+  /// A chunk expected to take less than this may have a second one queued behind it.
+  static constexpr double kPrefetchNs = 2e6;
+  /// Automatic chunks hold about this much work.
+  static constexpr double kTargetChunkNs = 1e6;
+  /// A chunk never grows beyond this many bytes of items (unless one item is larger).
+  static constexpr std::size_t kMaxChunkBytes = std::size_t{8} << 20;
+  /// A worker that could not be started is asked for again after this long.
+  static constexpr std::int64_t kRespawnDelayNs = 100'000'000;
+
+  Scheduler(const Settings& settings, Transport& transport, const Clock& clock)
+      : settings_(settings), transport_(transport), clock_(clock), workers_(settings.workers) {}
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  [[nodiscard]] Lifecycle& lifecycle() noexcept { return lifecycle_; }
+  [[nodiscard]] const Lifecycle& lifecycle() const noexcept { return lifecycle_; }
+  [[nodiscard]] JobTable& jobs() noexcept { return jobs_; }
+  [[nodiscard]] std::size_t size() const noexcept { return workers_.size(); }
+  /// Why the last worker could not be started, if one could not.
+  [[nodiscard]] const std::string& spawn_error() const noexcept { return spawn_error_; }
+
+  // ---- calls ---------------------------------------------------------------------------------
+
+  /// Registers a callable; identical callables share an id.
+  std::uint64_t register_job(std::uintptr_t runner_factory, std::span<const std::byte> callable) {
+    return jobs_.intern(runner_factory, callable);
+  }
+
+  /// Queues a batch of job `job` (registered for it); its chunks go out on the next dispatch().
+  void add(const std::shared_ptr<Batch>& batch, std::uint64_t job) {
+    batch->job_id_ = job;
+    if (batch->total_known_) jobs_.at(job).undispatched += batch->total_ - batch->dispatched_;
+    if (batch->finished()) {
+      jobs_.release(job);  // an empty input
+      return;
+    }
+    batches_.push_back(batch);
+  }
+
+  /// The caller stopped waiting for a batch: the rest of its input is never read, its callback
+  /// never called again; chunks already out finish and are discarded.
+  void forget(Batch& b) {
+    b.forgotten_ = true;
+    stop_dispatch(b);
+  }
+
+  /// Cuts every stream where it is: nobody will consume it any more. Its iteration ends, after the
+  /// outcomes of what was dispatched, with an error saying why.
+  void cut_streams(const std::string& why) {
+    for (const auto& b : batches_)
+      if (b->streaming() && !b->source_done_) cut_stream(*b, why);
+  }
+
+  /// Kills every worker and fails whatever has not finished (terminate()).
+  void terminate(const std::string& why) {
+    lifecycle_.terminate();
+    for (std::size_t w = 0; w < workers_.size(); ++w) kill(w);
+    fail_pending(why);
+  }
+
+  /// Nothing queued, nothing in flight.
+  [[nodiscard]] bool idle() const {
+    return chunks_.empty() && std::all_of(batches_.begin(), batches_.end(), [](const auto& b) { return b->source_done_; });
+  }
+
+  // ---- driving -------------------------------------------------------------------------------
+
+  /// Gives work to the workers that may take it: every idle worker gets a chunk before any worker
+  /// gets a second one, so an idle worker never waits while another holds a chunk it has not
+  /// started; workers on other CPUs than the caller's first.
+  void dispatch() {
+    if (!lifecycle_.dispatches()) return;
+    for (const std::size_t held : {std::size_t{0}, std::size_t{1}}) {
+      for (const bool callers_cpu : {false, true}) {
+        for (std::size_t w = 0; w < workers_.size(); ++w) {
+          if (transport_.on_callers_cpu(w) != callers_cpu) continue;
+          if (workers_[w].in_flight.size() != held || !accepting(w)) continue;
+          const std::optional<std::uint64_t> chunk = next_chunk_for(w);
+          if (!chunk) break;
+          send(w, *chunk);
+        }
+      }
+    }
+    // Batches with nothing left to dispatch leave the queue (chunks keep them alive until done).
+    while (!batches_.empty() && batches_.front()->source_done_) batches_.pop_front();
+  }
+
+  /// Enforces the task timeout and asks again for workers that could not be started.
+  void tick() {
+    const std::int64_t now = clock_.now_ns();
+    if (settings_.timed()) {
+      const std::int64_t limit = settings_.task_timeout.count();
+      for (std::size_t w = 0; w < workers_.size(); ++w) {
+        WorkerRecord& r = workers_[w];
+        if (r.state != WorkerState::running) continue;
+        // The timeout covers the initializer too: a worker that never finishes it never runs a task.
+        if (!r.init_timed_out && !transport_.initialized(w) && now - r.started_ns >= limit) {
+          r.init_timed_out = true;
+          transport_.kill(w);
+          continue;
+        }
+        if (r.in_flight.empty() || r.timed_out) continue;
+        const RunningItem at = transport_.running(w);
+        if (at.chunk == 0 || at.started_ns == 0 || now - at.started_ns < limit) continue;
+        r.timed_out = at;
+        transport_.kill(w);
+      }
+    }
+    if (!lifecycle_.replaces_workers()) return;
+    for (std::size_t w = 0; w < workers_.size(); ++w)
+      if (workers_[w].state == WorkerState::vacant && now >= workers_[w].next_attempt_ns) request_worker(w);
+  }
+
+  /// How long until tick() has something to do, if ever.
+  [[nodiscard]] std::optional<std::chrono::nanoseconds> next_timer() const {
+    const std::int64_t now = clock_.now_ns();
+    std::optional<std::int64_t> next;
+    const auto consider = [&](std::int64_t at) { next = std::min(next.value_or(at), at); };
+    for (std::size_t w = 0; w < workers_.size(); ++w) {
+      const WorkerRecord& r = workers_[w];
+      if (r.state == WorkerState::vacant && lifecycle_.replaces_workers()) consider(r.next_attempt_ns);
+      if (!settings_.timed() || r.state != WorkerState::running) continue;
+      const std::int64_t limit = settings_.task_timeout.count();
+      if (!r.init_timed_out && !transport_.initialized(w)) consider(r.started_ns + limit);
+      if (r.in_flight.empty()) continue;
+      const RunningItem at = transport_.running(w);
+      consider(at.chunk != 0 && at.started_ns != 0 ? at.started_ns + limit : now + limit);
+    }
+    if (!next) return std::nullopt;
+    return std::chrono::nanoseconds{std::max<std::int64_t>(0, *next - now)};
+  }
+
+  /// Whether w owes results that are probably microseconds away (the driver then spins for them).
+  [[nodiscard]] bool result_due_soon(std::size_t w) const {
+    const WorkerRecord& r = workers_[w];
+    return r.state == WorkerState::running && !r.in_flight.empty() && expected_ns(r.in_flight.front()).value_or(0) < 200e3;
+  }
+
+  // ---- what the transport reports ------------------------------------------------------------
+
+  /// A worker process now serves slot w.
+  void started(std::size_t w) {
+    WorkerRecord& r = workers_[w];
+    const int init_deaths = r.init_deaths;
+    r = WorkerRecord{};
+    r.state = WorkerState::running;
+    r.init_deaths = init_deaths;
+    r.started_ns = clock_.now_ns();
+    if (lifecycle_.stopping()) retire(w);
+  }
+
+  /// No worker could be started in slot w; asked for again later.
+  void spawn_failed(std::size_t w, std::string why) {
+    workers_[w].state = WorkerState::vacant;
+    workers_[w].next_attempt_ns = clock_.now_ns() + kRespawnDelayNs;
+    spawn_error_ = std::move(why);
+    if (lifecycle_.phase() != Phase::starting) fail_all_if_no_workers();
+  }
+
+  /// w's initializer returned.
+  void ready(std::size_t w) { workers_[w].ready = true; }
+
+  /// w's initializer threw: the pool breaks with `message` once w is gone.
+  void init_failed(std::size_t w, std::string message) { workers_[w].init_failure = std::move(message); }
+
+  [[nodiscard]] bool has_in_flight(std::size_t w, std::uint64_t id) const {
+    const auto& f = workers_[w].in_flight;
+    return !f.empty() && f.front() == id;
+  }
+  /// The chunk w must answer next, if any.
+  [[nodiscard]] std::optional<std::uint64_t> oldest_in_flight(std::size_t w) const {
+    const auto& f = workers_[w].in_flight;
+    if (f.empty()) return std::nullopt;
+    return f.front();
+  }
+  [[nodiscard]] std::uint32_t chunk_size_of(std::uint64_t id) const { return chunks_.at(id).count; }
+
+  /// w answered chunk `id` with a results frame's payload (`lane`: the chunk's results lane).
+  /// Throws DecodeError if the worker's bytes are malformed (the transport then gives up on w).
+  void results(std::size_t w, std::uint64_t id, std::span<const std::byte> payload, std::span<const std::byte> lane);
+
+  /// Fails the items w holds with prefix + "item N" + suffix, and kills w.
+  void give_up(std::size_t w, const std::string& prefix, const std::string& suffix);
+
+  /// w's process is gone (its exit code in Python's convention), and everything it sent was read.
+  /// `at_death`: what it was running then.
+  void lost(std::size_t w, int exitcode, RunningItem at_death);
+
+  /// The transport cannot start workers any more (the zygote died): the pool breaks.
+  void transport_failed(const std::string& reason, const std::string& why_pending) {
+    lifecycle_.break_with(reason);
+    for (std::size_t w = 0; w < workers_.size(); ++w) kill(w);
+    fail_pending(why_pending);
+    for (auto& r : workers_) r.state = WorkerState::vacant;
+  }
+
+  /// Whether slot w has a live worker process.
+  [[nodiscard]] bool running(std::size_t w) const { return workers_[w].state == WorkerState::running; }
+  /// Whether slot w waits for a worker the transport was asked for.
+  [[nodiscard]] bool starting(std::size_t w) const { return workers_[w].state == WorkerState::starting; }
+
+  /// Asks for the first worker of slot w.
+  void request_worker(std::size_t w) {
+    workers_[w].state = WorkerState::starting;
+    workers_[w].next_attempt_ns = clock_.now_ns() + kRespawnDelayNs;
+    transport_.replace(w);
+  }
+
+ private:
+  enum class WorkerState { vacant, starting, running, leaving };
+
+  struct WorkerRecord {
+    WorkerState state = WorkerState::vacant;
+    std::deque<std::uint64_t> in_flight;  // chunk ids, in the order sent
+    std::size_t items_assigned = 0;       // since it started, for max_tasks_per_worker
+    bool retiring = false;
+    bool ready = false;
+    std::optional<RunningItem> timed_out;  // killed for the task timeout while running this
+    std::optional<std::string> init_failure;
+    int init_deaths = 0;  // deaths in a row before the initializer finished
+    std::int64_t started_ns = 0;
+    bool init_timed_out = false;  // killed because its initializer outran the task timeout
+    std::int64_t next_attempt_ns = 0;
+  };
+
+  // The pieces below live in scheduler_impl.hpp.
+  [[nodiscard]] bool accepting(std::size_t w) const;
+  [[nodiscard]] std::optional<double> expected_ns(std::uint64_t id) const;
+  std::optional<std::uint64_t> next_chunk_for(std::size_t w);
+  [[nodiscard]] std::size_t chunk_size_for(const Batch& b) const;
+  void send(std::size_t w, std::uint64_t id);
+  void retire(std::size_t w);
+  void kill(std::size_t w);
+  void completed(Batch& b, std::size_t n);
+  void stop_dispatch(Batch& b);
+  void fail_batch(Batch& b, std::exception_ptr error);
+  void cut_stream(Batch& b, const std::string& why);
+  void report_progress(Batch& b);
+  void resume_after_item(std::size_t w, std::uint64_t id, std::uint32_t last);
+  void requeue_from(std::size_t w, std::uint64_t id);
+  void finish_chunk(std::uint64_t id);
+  void fail_chunk(std::uint64_t id, const std::string& prefix, const std::string& suffix = "");
+  void fail_pending(const std::string& why);
+  void fail_undispatched(const std::string& why);
+  void fail_all_if_no_workers();
+  void blame(std::size_t w, Chunk& c, const RunningItem& at, int exitcode);
+
+  const Settings& settings_;
+  Transport& transport_;
+  const Clock& clock_;
+  Lifecycle lifecycle_;
+  JobTable jobs_;
+  std::vector<WorkerRecord> workers_;
+  std::string spawn_error_;
+  std::deque<std::shared_ptr<Batch>> batches_;
+  std::unordered_map<std::uint64_t, Chunk> chunks_;
+  std::deque<std::uint64_t> requeued_;  // chunks that ran on a dead worker go first
+  std::uint64_t next_chunk_id_ = 1;
+  // Encoding buffers of finished chunks kept for the next ones, at most this many and this much:
+  // large items are then encoded into memory already mapped, not into fresh pages.
+  static constexpr std::size_t kSpareItemBuffers = 4;
+  static constexpr std::size_t kMaxSpareBytes = std::size_t{32} << 20;
+  std::vector<Buffer> spare_item_buffers_;
+};
+
+}  // namespace procpool::detail
+
+#include "scheduler_impl.hpp"

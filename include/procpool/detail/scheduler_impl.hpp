@@ -1,0 +1,462 @@
+// procpool::detail: the Scheduler's larger members (see scheduler.hpp): handing out chunks,
+// taking results in, and failures: blame, re-queueing, failing what cannot run.
+#pragma once
+
+#include "messages.hpp"
+#include "remote_exception.hpp"
+#include "scheduler.hpp"
+#include "wire.hpp"
+
+namespace procpool::detail {
+
+// ---- handing out work ------------------------------------------------------------------------
+
+/// A worker takes a chunk when it has none; a second one waits behind the first only when the
+/// first is known to be short. The second chunk hides the round trip between two chunks, which
+/// matters only for short ones; behind a long (or not yet measured) chunk it would hold items that
+/// an idle worker could be running.
+inline bool Scheduler::accepting(std::size_t w) const {
+  const WorkerRecord& r = workers_[w];
+  if (r.state != WorkerState::running || r.retiring) return false;
+  if (r.in_flight.empty()) return true;
+  return r.in_flight.size() < 2 && expected_ns(r.in_flight.back()).value_or(kPrefetchNs) < kPrefetchNs;
+}
+
+/// How long chunk `id` is expected to take, once its job's cost per item is measured.
+inline std::optional<double> Scheduler::expected_ns(std::uint64_t id) const {
+  const auto c = chunks_.find(id);
+  if (c == chunks_.end()) return std::nullopt;
+  const Job* job = jobs_.find(c->second.job_id);
+  if (job == nullptr || job->ns_per_item == 0) return std::nullopt;
+  return job->ns_per_item * static_cast<double>(c->second.count);
+}
+
+/// A chunk that failed on a dead worker goes first; otherwise a new chunk from the oldest batch with
+/// items left, topped up from later batches of the same job.
+inline std::optional<std::uint64_t> Scheduler::next_chunk_for(std::size_t w) {
+  if (!requeued_.empty()) {
+    const std::uint64_t id = requeued_.front();
+    requeued_.pop_front();
+    return id;
+  }
+  Chunk c;
+  // Items are encoded straight into memory the transport lends for w (a lane), when it does;
+  // otherwise into a buffer of a finished chunk.
+  transport_.lend_storage(w, c);
+  if (c.lane == kNoLane && !spare_item_buffers_.empty()) {
+    c.items = std::move(spare_item_buffers_.back());
+    spare_item_buffers_.pop_back();
+  }
+  std::size_t want = 0;
+  for (const auto& b : batches_) {
+    if (b->source_done_) continue;
+    if (c.count > 0 && b->job_id_ != c.job_id) continue;
+    const std::size_t room = b->room();
+    if (room == 0) continue;
+    if (c.count == 0) {
+      c.job_id = b->job_id_;
+      want = chunk_size_for(*b);
+      if (settings_.max_tasks_per_worker > 0)
+        want = std::min(want, settings_.max_tasks_per_worker - workers_[w].items_assigned);
+      want = std::max<std::size_t>(1, std::min<std::size_t>(want, UINT32_MAX));
+    }
+    const std::size_t take = std::min(want - c.count, room);
+    const std::size_t bytes_left = kMaxChunkBytes > c.items.size() ? kMaxChunkBytes - c.items.size() : 0;
+    if (c.count > 0 && bytes_left == 0) break;
+    const std::size_t mark = c.items.size();
+    std::size_t got = 0;
+    try {
+      got = b->encode_next(take, std::max<std::size_t>(bytes_left, 1), c.items);
+    } catch (...) {
+      // The caller's input range or an item's serialize threw: that call fails with it, and none
+      // of its items (not even those encoded before the throw) go out in this chunk.
+      c.items.resize(mark);
+      fail_batch(*b, std::current_exception());
+      continue;
+    }
+    if (got > 0) {
+      c.segments.push_back({b, b->dispatched_, static_cast<std::uint32_t>(got)});
+      c.count += static_cast<std::uint32_t>(got);
+      b->dispatched_ += got;
+      if (b->total_known_) jobs_.at(b->job_id_).undispatched -= got;
+    }
+    // A short chunk may only mean the byte limit was reached; the input is over when nothing more
+    // came, or when a sized input has been fully dispatched.
+    if ((got == 0 && take > 0) || (b->total_known_ && b->dispatched_ >= b->total_)) {
+      if (!b->total_known_) {
+        b->total_ = b->dispatched_;
+        b->total_known_ = true;
+      }
+      b->source_done_ = true;
+      if (b->finished()) jobs_.release(b->job_id_);
+    }
+    if (c.count >= want || c.items.size() >= kMaxChunkBytes) break;
+  }
+  if (c.count == 0) {
+    if (c.lane != kNoLane) transport_.release(w, 0, c);
+    return std::nullopt;
+  }
+  const std::uint64_t id = next_chunk_id_++;
+  chunks_.emplace(id, std::move(c));
+  return id;
+}
+
+/// Automatic chunking: about a millisecond of work per chunk, measured from earlier chunks of the
+/// same job, but never so large that the tail of a known-size input cannot be balanced.
+inline std::size_t Scheduler::chunk_size_for(const Batch& b) const {
+  if (b.chunk_size_ > 0) return b.chunk_size_;
+  if (settings_.chunk_size > 0) return settings_.chunk_size;
+  const Job* job = jobs_.find(b.job_id_);
+  const double ns = job != nullptr ? job->ns_per_item : 0;
+  std::size_t n = ns > 0 ? static_cast<std::size_t>(std::clamp(kTargetChunkNs / ns, 1.0, 1e6)) : 4;
+  if (b.total_known_ && job != nullptr)
+    n = std::min(n, std::max<std::size_t>(1, job->undispatched / (2 * workers_.size())));
+  return std::max<std::size_t>(n, 1);
+}
+
+inline void Scheduler::send(std::size_t w, std::uint64_t id) {
+  WorkerRecord& r = workers_[w];
+  Chunk& c = chunks_.at(id);
+  transport_.send(w, id, c, jobs_.at(c.job_id), r.in_flight.empty());
+  r.in_flight.push_back(id);
+  r.items_assigned += c.open_items();
+  if (settings_.max_tasks_per_worker > 0 && r.items_assigned >= settings_.max_tasks_per_worker) r.retiring = true;
+}
+
+/// Recycled (max_tasks_per_worker), or the pool stops: asked to exit; replaced when it is gone.
+inline void Scheduler::retire(std::size_t w) {
+  if (workers_[w].state != WorkerState::running) return;
+  workers_[w].state = WorkerState::leaving;
+  transport_.retire(w);
+}
+
+inline void Scheduler::kill(std::size_t w) {
+  const WorkerState s = workers_[w].state;
+  if (s == WorkerState::running || s == WorkerState::leaving) transport_.kill(w);
+}
+
+// ---- the caller's code, run for its batches --------------------------------------------------
+
+/// Counts outcomes into a batch; a batch that is done drops its use of the job.
+inline void Scheduler::completed(Batch& b, std::size_t n) {
+  b.completed_ += n;
+  if (b.finished()) jobs_.release(b.job_id_);
+}
+
+/// Stops dispatching a batch: what is out finishes, nothing more of its input is read.
+inline void Scheduler::stop_dispatch(Batch& b) {
+  if (b.source_done_) return;
+  if (b.total_known_) jobs_.at(b.job_id_).undispatched -= b.total_ - b.dispatched_;
+  b.source_done_ = true;
+  b.total_ = b.dispatched_;
+  b.total_known_ = true;
+  if (b.finished()) jobs_.release(b.job_id_);
+}
+
+/// The caller's own code threw while the pool ran it for batch b: that call fails with the
+/// exception, whichever thread was driving, and the pool goes on with the other calls.
+inline void Scheduler::fail_batch(Batch& b, std::exception_ptr error) {
+  if (!b.caller_error_) b.caller_error_ = std::move(error);
+  stop_dispatch(b);
+}
+
+inline void Scheduler::cut_stream(Batch& b, const std::string& why) {
+  if (!b.cut_reason_)
+    b.cut_reason_ = fmt::format(
+        "procpool::Pool: this imap stopped after its first {} items; the rest of its input did not run because {}. "
+        "Keep the Pool alive until the iteration is over",
+        b.dispatched_, why);
+  stop_dispatch(b);
+}
+
+/// Calls b's progress callback, if its caller still waits; an exception from it fails b's call.
+inline void Scheduler::report_progress(Batch& b) {
+  if (b.forgotten_ || b.caller_error_) return;
+  const void* const outer = callback_running_for();
+  callback_running_for() = this;
+  try {
+    b.on_progress();
+  } catch (...) {
+    fail_batch(b, std::current_exception());
+  }
+  callback_running_for() = outer;
+}
+
+// ---- results ---------------------------------------------------------------------------------
+
+inline void Scheduler::results(std::size_t w, std::uint64_t id, std::span<const std::byte> payload,
+                               std::span<const std::byte> lane) {
+  WorkerRecord& r = workers_[w];
+  if (r.in_flight.empty() || r.in_flight.front() != id) throw DecodeError("results for a chunk not in flight");
+  Chunk& c = chunks_.at(id);
+  const ParsedResults parsed = parse_results(payload, c.count, lane);
+  const auto& failed = parsed.failed;
+  const Segment& only = c.segments.front();
+  for (const Segment& seg : c.segments) seg.batch->note_results(seg.count, parsed.values.size() * seg.count / c.count);
+  // A value whose decoding threw in the caller's own code (a serialize that validates): that item
+  // fails with the exception. Where the next value starts is then unknown, so the items after it
+  // run again (see resume_after_item).
+  std::optional<std::uint32_t> resume_after;
+  if (!(failed.empty() && c.skip.empty() && c.segments.size() == 1 &&
+        only.batch->accept_bulk(only.first, only.count, parsed.values))) {
+    Decoder values(parsed.values);
+    std::size_t f = 0;
+    c.for_each_open_item([&](std::uint32_t local, Batch& b, std::size_t index) {
+      if (resume_after) return;
+      if (f < failed.size() && failed[f].first == local) {
+        const std::string context = fmt::format("procpool::Pool: {} ({})", b.describe(index), transport_.describe(w));
+        b.accept_error(index, std::make_exception_ptr(make_remote_error(failed[f].second, context, index)));
+        ++f;
+      } else {
+        try {
+          b.accept_value(index, values);
+        } catch (const DecodeError&) {
+          throw;  // malformed bytes: the worker is at fault
+        } catch (const std::bad_alloc&) {
+          throw;
+        } catch (...) {
+          b.accept_error(index, std::current_exception());
+          resume_after = local;
+        }
+      }
+      // Should a later item's bytes be corrupt, this one keeps the outcome it already has.
+      c.delivered = local + 1;
+    });
+    if (!resume_after && values.remaining() != 0) throw DecodeError("trailing bytes after the results");
+  }
+  if (resume_after) {
+    resume_after_item(w, id, *resume_after);
+    return;
+  }
+  jobs_.record_cost(c.job_id, parsed.header.compute_ns, c.open_items());
+  // Decoded: memory lent for it may now serve another chunk.
+  transport_.release(w, id, c);
+  r.in_flight.pop_front();
+  finish_chunk(id);
+  if (r.retiring && r.in_flight.empty()) retire(w);
+}
+
+/// Items [0, last] of chunk `id`, which w answered, have their outcomes; the chunk's later items
+/// run again (on whichever worker is free first), because their values could not be located.
+inline void Scheduler::resume_after_item(std::size_t w, std::uint64_t id, std::uint32_t last) {
+  Chunk& c = chunks_.at(id);
+  std::vector<std::uint32_t> done;
+  c.for_each_open_item([&](std::uint32_t local, Batch& b, std::size_t) {
+    if (local > last) return;
+    done.push_back(local);
+    completed(b, 1);
+    report_progress(b);
+  });
+  std::vector<std::uint32_t> skip;
+  std::merge(c.skip.begin(), c.skip.end(), done.begin(), done.end(), std::back_inserter(skip));
+  c.skip = std::move(skip);
+  c.delivered = 0;
+  workers_[w].in_flight.pop_front();
+  if (c.open_items() == 0) {
+    transport_.release(w, id, c);
+    chunks_.erase(id);
+  } else {
+    requeue_from(w, id);
+  }
+  if (workers_[w].retiring && workers_[w].in_flight.empty()) retire(w);
+}
+
+/// Chunk `id` leaves w to run again, first in line: its items move out of memory w's transport
+/// lent (which w, or its replacement, will receive other chunks through).
+inline void Scheduler::requeue_from(std::size_t w, std::uint64_t id) {
+  Chunk& c = chunks_.at(id);
+  c.own_items();
+  transport_.release(w, id, c);
+  c.lane = kNoLane;
+  requeued_.push_front(id);
+}
+
+/// Counts a chunk's items that had no outcome before into their batches, reports progress, and
+/// forgets the chunk.
+inline void Scheduler::finish_chunk(std::uint64_t id) {
+  const auto it = chunks_.find(id);
+  if (it == chunks_.end()) return;
+  Chunk c = std::move(it->second);
+  chunks_.erase(it);
+  std::size_t spare_bytes = c.items.capacity();
+  for (const Buffer& b : spare_item_buffers_) spare_bytes += b.capacity();
+  if (c.items.owns_storage() && spare_item_buffers_.size() < kSpareItemBuffers && spare_bytes <= kMaxSpareBytes) {
+    c.items.clear();
+    spare_item_buffers_.push_back(std::move(c.items));
+  }
+  std::size_t s = 0;
+  std::uint32_t local = 0;
+  for (const Segment& seg : c.segments) {
+    std::size_t fresh = 0;
+    for (std::uint32_t k = 0; k < seg.count; ++k, ++local) {
+      if (s < c.skip.size() && c.skip[s] == local)
+        ++s;
+      else
+        ++fresh;
+    }
+    completed(*seg.batch, fresh);
+    report_progress(*seg.batch);
+  }
+}
+
+// ---- failures --------------------------------------------------------------------------------
+
+inline void Scheduler::give_up(std::size_t w, const std::string& prefix, const std::string& suffix) {
+  WorkerRecord& r = workers_[w];
+  for (const std::uint64_t id : r.in_flight) {
+    if (const auto it = chunks_.find(id); it != chunks_.end()) transport_.release(w, id, it->second);
+    fail_chunk(id, prefix, suffix);
+  }
+  r.in_flight.clear();
+  kill(w);
+  // It gets no more work; its death is handled when it is reported lost.
+  if (r.state == WorkerState::running) r.state = WorkerState::leaving;
+}
+
+inline void Scheduler::lost(std::size_t w, int exitcode, RunningItem at_death) {
+  WorkerRecord& r = workers_[w];
+  if (r.state == WorkerState::vacant || r.state == WorkerState::starting) return;
+  const std::string who = transport_.describe(w);
+  // An initializer that throws breaks the pool for good; one that dies might have been killed from
+  // outside, so only three deaths in a row before it finishes count as broken.
+  r.init_deaths = r.ready ? 0 : r.init_deaths + 1;
+  if (r.init_timed_out) {
+    lifecycle_.break_with(fmt::format(
+        "procpool::Pool: the initializer ran longer than the task timeout of {} ms in {}, which was killed; the pool "
+        "cannot start workers (make the initializer return sooner, or raise task_timeout)",
+        std::chrono::duration_cast<std::chrono::milliseconds>(settings_.task_timeout).count(), who));
+  } else if (r.init_failure || r.init_deaths >= 3) {
+    lifecycle_.break_with(r.init_failure ? *r.init_failure
+                                         : fmt::format("procpool::Pool: {} {} while running the initializer, three "
+                                                       "times in a row",
+                                                       who, describe_ending(exitcode)));
+  }
+  bool first = true;
+  std::deque<std::uint64_t> again;
+  for (const std::uint64_t id : r.in_flight) {
+    const auto it = chunks_.find(id);
+    if (it == chunks_.end()) continue;
+    Chunk& c = it->second;
+    if (first && at_death.chunk == id && at_death.item < c.count) {
+      blame(w, c, at_death, exitcode);
+    } else if (first && ++c.unexplained_deaths >= 3) {
+      // The worker died outside any item (killed while idle, or while writing results): the chunk
+      // is run again, a bounded number of times.
+      transport_.release(w, id, c);
+      fail_chunk(id, fmt::format("procpool::Pool: {} {} three times while handling the chunk holding ", who,
+                                 describe_ending(exitcode)));
+      first = false;
+      continue;
+    }
+    first = false;
+    if (c.open_items() == 0) {
+      transport_.release(w, id, c);
+      chunks_.erase(id);
+    } else {
+      c.own_items();
+      transport_.release(w, id, c);
+      c.lane = kNoLane;
+      again.push_back(id);
+    }
+  }
+  r.in_flight.clear();
+  for (auto it = again.rbegin(); it != again.rend(); ++it) requeued_.push_front(*it);
+  r.state = WorkerState::vacant;
+  if (lifecycle_.broken()) {
+    fail_pending(*lifecycle_.broken_reason());
+    return;
+  }
+  if (!lifecycle_.replaces_workers()) return;
+  request_worker(w);
+  if (lifecycle_.phase() != Phase::starting) fail_all_if_no_workers();
+}
+
+/// Fails the item w was running when it died: with TimeoutError if the scheduler killed it for
+/// that, else with ProcessError saying how it ended.
+inline void Scheduler::blame(std::size_t w, Chunk& c, const RunningItem& at, int exitcode) {
+  Batch* owner = nullptr;
+  std::size_t index = 0;
+  c.for_each_item([&](std::uint32_t local, Batch& b, std::size_t i) {
+    if (local == at.item) {
+      owner = &b;
+      index = i;
+    }
+  });
+  const WorkerRecord& r = workers_[w];
+  const std::string who = transport_.describe(w);
+  std::exception_ptr error;
+  if (r.timed_out && r.timed_out->chunk == at.chunk) {
+    error = std::make_exception_ptr(TimeoutError(
+        fmt::format("procpool::Pool: {} ran longer than the task timeout of {} ms; {} was killed and replaced",
+                    owner->describe(index),
+                    std::chrono::duration_cast<std::chrono::milliseconds>(settings_.task_timeout).count(), who),
+        index));
+  } else {
+    error = std::make_exception_ptr(ProcessError(fmt::format("procpool::Pool: {} {} while running {}; the worker was "
+                                                             "replaced",
+                                                             who, describe_ending(exitcode), owner->describe(index)),
+                                                 exitcode, index));
+  }
+  owner->accept_error(index, error);
+  c.skip.insert(std::upper_bound(c.skip.begin(), c.skip.end(), at.item), at.item);
+  completed(*owner, 1);
+  report_progress(*owner);
+}
+
+/// Fails every item of chunk `id` that has no outcome yet, with `prefix` + "item N" + `suffix`.
+inline void Scheduler::fail_chunk(std::uint64_t id, const std::string& prefix, const std::string& suffix) {
+  const auto it = chunks_.find(id);
+  if (it == chunks_.end()) return;
+  const Chunk& c = it->second;
+  c.for_each_open_item([&](std::uint32_t local, Batch& b, std::size_t index) {
+    if (local < c.delivered) return;
+    b.accept_error(index, std::make_exception_ptr(Error(fmt::format("{}{}{}", prefix, b.describe(index), suffix))));
+  });
+  finish_chunk(id);
+}
+
+/// Fails everything not yet finished: chunks out and items not yet dispatched.
+inline void Scheduler::fail_pending(const std::string& why) {
+  for (std::size_t w = 0; w < workers_.size(); ++w) {
+    for (const std::uint64_t id : workers_[w].in_flight)
+      if (const auto it = chunks_.find(id); it != chunks_.end()) transport_.release(w, id, it->second);
+    workers_[w].in_flight.clear();
+  }
+  requeued_.clear();
+  std::vector<std::uint64_t> ids;
+  ids.reserve(chunks_.size());
+  for (const auto& [id, c] : chunks_) ids.push_back(id);
+  std::sort(ids.begin(), ids.end());
+  for (const std::uint64_t id : ids) fail_chunk(id, "procpool::Pool: ", fmt::format(" did not complete: {}", why));
+  fail_undispatched(why);
+}
+
+/// Fails the items no chunk holds yet, by index: the caller's input is not read for it (it may be
+/// long, endless, or throw). A stream is cut off instead (its iteration ends with the reason).
+inline void Scheduler::fail_undispatched(const std::string& why) {
+  for (const auto& b : batches_) {
+    if (b->source_done_) continue;
+    if (b->streaming() || !b->total_known_) {
+      cut_stream(*b, why);
+      continue;
+    }
+    const std::size_t n = b->total_ - b->dispatched_;
+    for (std::size_t i = b->dispatched_; i < b->total_; ++i)
+      b->accept_error(i, std::make_exception_ptr(
+                             Error(fmt::format("procpool::Pool: {} did not run: {}", b->describe(i), why))));
+    jobs_.at(b->job_id_).undispatched -= n;
+    b->dispatched_ = b->total_;
+    b->source_done_ = true;
+    completed(*b, n);
+    report_progress(*b);
+  }
+}
+
+inline void Scheduler::fail_all_if_no_workers() {
+  const bool any = std::any_of(workers_.begin(), workers_.end(), [](const WorkerRecord& r) {
+    return r.state == WorkerState::running || r.state == WorkerState::starting;
+  });
+  if (!any) fail_pending(fmt::format("no worker could be started ({})", spawn_error_));
+}
+
+}  // namespace procpool::detail

@@ -1,0 +1,108 @@
+// procpool::ImapResults: the lazy results of Pool::imap and imap_unordered.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <iterator>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <utility>
+
+#include "detail/batch.hpp"
+#include "detail/pool_core.hpp"
+#include "error.hpp"
+#include "outcome.hpp"
+
+namespace procpool {
+
+class Pool;
+
+/// A lazy sequence of results from Pool::imap / imap_unordered: iterating drives the pool. Items
+/// are dispatched as results are consumed, so memory stays bounded however long the input is.
+/// Dereferencing yields the item's value, or throws its failure; `outcomes()` style access is
+/// through next_outcome(). Destroying it early abandons the items not yet dispatched.
+///
+/// It keeps the pool's internals alive, not the pool: if the Pool is shut down or destroyed
+/// before the iteration is over, the outcomes of the items already dispatched are still yielded,
+/// and then iteration throws procpool::Error saying that the rest of the input did not run.
+template <class Out>
+class ImapResults {
+ public:
+  /// An input iterator over the results.
+  class iterator {
+   public:
+    using iterator_category = std::input_iterator_tag;
+    using value_type = Out;
+    using difference_type = std::ptrdiff_t;
+    using pointer = const Out*;
+    using reference = const Out&;
+
+    iterator() = default;
+    const Out& operator*() const { return current().value(); }
+    const Out* operator->() const { return &current().value(); }
+    iterator& operator++() {
+      owner_->advance();
+      return *this;
+    }
+    void operator++(int) { ++*this; }
+    friend bool operator==(const iterator& it, std::default_sentinel_t) { return it.at_end(); }
+
+   private:
+    friend class ImapResults;
+    explicit iterator(ImapResults* owner) : owner_(owner) {}
+    const Outcome<Out>& current() const { return *owner_->current_; }
+    [[nodiscard]] bool at_end() const { return !owner_->current_.has_value(); }
+    ImapResults* owner_ = nullptr;
+  };
+
+  ImapResults(ImapResults&&) noexcept = default;
+  ImapResults& operator=(ImapResults&&) noexcept = default;
+  ImapResults(const ImapResults&) = delete;
+  ImapResults& operator=(const ImapResults&) = delete;
+  ~ImapResults() {
+    if (core_ && stream_) core_->forget(*stream_);
+  }
+
+  /// Starts iteration (fetches the first outcome).
+  iterator begin() {
+    if (!started_) {
+      started_ = true;
+      advance();
+    }
+    return iterator(this);
+  }
+  std::default_sentinel_t end() const noexcept { return {}; }
+
+  /// The next outcome, or nullopt at the end: the non-throwing way to consume results. Use
+  /// either this or the iterators on one ImapResults, not both.
+  std::optional<Outcome<Out>> next_outcome() {
+    started_ = true;
+    return next();
+  }
+
+ private:
+  friend class Pool;
+
+  ImapResults(std::shared_ptr<detail::PoolCore> core, std::shared_ptr<detail::StreamBatch<Out>> stream)
+      : core_(std::move(core)), stream_(std::move(stream)) {}
+
+  void advance() { current_ = next(); }
+
+  std::optional<Outcome<Out>> next() {
+    if (!stream_) throw Error("procpool::ImapResults: this range was moved from");
+    detail::StreamBatch<Out>& s = *stream_;
+    core_->wait_until([&] { return s.has_next() || s.exhausted() || s.caller_error(); });
+    std::unique_lock lock(core_->mutex());
+    if (s.has_next()) return s.take_next();
+    s.throw_if_ended_early();
+    return std::nullopt;
+  }
+
+  std::shared_ptr<detail::PoolCore> core_;
+  std::shared_ptr<detail::StreamBatch<Out>> stream_;
+  std::optional<Outcome<Out>> current_;
+  bool started_ = false;
+};
+
+}  // namespace procpool
