@@ -98,7 +98,8 @@ int run_isolated(const std::function<int()>& body) {
 std::string read_all(int fd) {
   std::string out;
   char buf[256];
-  for (ssize_t n; (n = procpool::detail::read_some(fd, buf, sizeof buf)) > 0;) out.append(buf, static_cast<std::size_t>(n));
+  for (ssize_t n; (n = procpool::detail::read_some(fd, buf, sizeof buf)) > 0;)
+    out.append(buf, static_cast<std::size_t>(n));
   return out;
 }
 
@@ -190,7 +191,7 @@ TEST_CASE("A child reaped by someone else's waitpid(-1) reports its status from 
   CHECK_FALSE(child.signal(SIGKILL));
 }
 
-TEST_CASE("A child reaped by someone else without a pidfd reports the unknown status, which never reads as success") {
+TEST_CASE("A child reaped by someone else, without a pidfd, reports the unknown status, never a success") {
   const pid_t pid = procpool::detail::fork_child([] { return 0; }, {});
   ChildProcess child(pid, Fd());
   int taken = 0;
@@ -314,7 +315,7 @@ TEST_CASE("A foreign process (a grandchild) can be signalled and watched, and it
   CHECK(middle.reap() == 0);  // the middle process reaped the grandchild itself: we took nothing from it
 }
 
-TEST_CASE("A foreign process without a pidfd is signalled by its pid") {
+TEST_CASE("A foreign process whose pidfd is closed is signalled by its pid") {
   TestPipe pids;
   const int pids_write = pids.write.get();
   ChildProcess middle = procpool::detail::fork_child_with_pidfd([pids_write] {
@@ -332,8 +333,11 @@ TEST_CASE("A foreign process without a pidfd is signalled by its pid") {
   pid_t grandchild = -1;
   REQUIRE(procpool::detail::read_some(pids.read.get(), &grandchild, sizeof grandchild) == sizeof grandchild);
 
-  ForeignProcess worker(grandchild, Fd());
+  ForeignProcess worker(grandchild, procpool::detail::open_pidfd(grandchild));
+  worker.close_pidfd();  // as the pool's parent does once it stops watching a worker
   CHECK(worker.pidfd() == -1);
+  CHECK(worker.readable_fd() == -1);
+  CHECK_FALSE(worker.ended());
   CHECK(worker.signal(SIGUSR1));
   const int status = middle.reap();
   CHECK(WIFEXITED(status));

@@ -82,7 +82,8 @@ struct ProcessTaskFor final : ProcessTask<R> {
     return ProcessError(fmt::format("{} ended without returning a result, and how it ended is unknown: another "
                                     "waitpid in this process (a SIGCHLD handler calling waitpid(-1)?) or the kernel "
                                     "(SIGCHLD set to SIG_IGN or SA_NOCLDWAIT) took its exit status, and this kernel "
-                                    "cannot give it back (Linux 6.15 can); reap only your own children's pids to keep it",
+                                    "cannot give it back (Linux 6.15 can); reap only your own children's pids to "
+                                    "keep it",
                                     who),
                         exitcode);
   if (exitcode == 0)

@@ -143,7 +143,9 @@ class ProcessHandle {
   ProcessHandle() noexcept = default;
   ProcessHandle(pid_t pid, Fd pidfd) noexcept : pid_(pid), pidfd_(std::move(pidfd)) {}
   ProcessHandle(ProcessHandle&& other) noexcept
-      : pid_(std::exchange(other.pid_, -1)), pidfd_(std::move(other.pidfd_)), status_(std::exchange(other.status_, std::nullopt)) {}
+      : pid_(std::exchange(other.pid_, -1)),
+        pidfd_(std::move(other.pidfd_)),
+        status_(std::exchange(other.status_, std::nullopt)) {}
   ProcessHandle& operator=(ProcessHandle&& other) noexcept {
     if (this != &other) {
       pid_ = std::exchange(other.pid_, -1);
@@ -277,6 +279,12 @@ class ForeignProcess : public ProcessHandle {
 
   /// True once record_status() has been called.
   [[nodiscard]] bool ended() const noexcept { return status_.has_value(); }
+
+  /// Closes the pidfd while the status is still to come (the pool's parent stops polling a worker
+  /// that has ended but whose reaper has not reported yet). signal() then falls back to kill(),
+  /// which stays safe until the report: before it, its reaper has not waited for the process, so
+  /// the pid is not free.
+  void close_pidfd() noexcept { pidfd_.reset(); }
 };
 
 }  // namespace procpool::detail

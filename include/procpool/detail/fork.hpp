@@ -213,7 +213,8 @@ template <class ChildMain>
   }
   pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
   if (pid < 0) {
-    const char* cause = fork_errno == EAGAIN   ? " (the process limit RLIMIT_NPROC or the system's pid limit is reached)"
+    const char* cause = fork_errno == EAGAIN
+                            ? " (the process limit RLIMIT_NPROC or the system's pid limit is reached)"
                         : fork_errno == ENOMEM ? " (out of memory)"
                                                : "";
     throw SystemError(fmt::format("procpool: cannot fork a child process{}", cause), fork_errno);
