@@ -4,6 +4,7 @@
 
 #include "codec.hpp"
 #include "error.hpp"
+#include "format.hpp"  // fmt::formatter<Outcome<T>>: costs nothing measurable, fmt/core.h is in already
 #include "outcome.hpp"
 #include "pool.hpp"
 #include "process.hpp"
