@@ -156,7 +156,7 @@ TEST_CASE("catching ItemError catches a task that throws, one that aborts and on
       REQUIRE(pid.has_value());
       // The pool's text is the one worker_ended_message builds.
       CHECK(is_message_of_either_worker(caught->what, [&](int index) {
-        return procpool::detail::worker_ended_message("procpool::Pool", index, *pid, -SIGABRT, "item 5");
+        return procpool::detail::worker_ended_message("procpool::Pool", procpool::detail::describe_worker(index, *pid), -SIGABRT, "item 5");
       }));
       CHECK_THAT(caught->what, StartsWith("procpool::Pool: worker ") &&
                                    Contains("was killed by signal 6 (SIGABRT) while running item 5; the worker was replaced"));
@@ -165,7 +165,7 @@ TEST_CASE("catching ItemError catches a task that throws, one that aborts and on
       const std::optional<int> pid = hanging_pid.receive(1s);
       REQUIRE(pid.has_value());
       CHECK(is_message_of_either_worker(caught->what, [&](int index) {
-        return procpool::detail::task_timeout_message("procpool::Pool", "item 7", kTimeout, index, *pid);
+        return procpool::detail::task_timeout_message("procpool::Pool", "item 7", kTimeout, procpool::detail::describe_worker(index, *pid));
       }));
     }
   }
@@ -261,22 +261,22 @@ TEST_CASE("describe_exitcode says killed by signal N (SIGXXX) or exited with cod
 TEST_CASE("the worker messages name the worker, how it ended and the item it was running") {
   using namespace procpool::detail;
   CHECK(describe_worker(1, 4242) == "worker 1 (pid 4242)");
-  CHECK(worker_ended_message("procpool::Pool", 1, 4242, -SIGKILL, "item 41") ==
+  CHECK(worker_ended_message("procpool::Pool", describe_worker(1, 4242), -SIGKILL, "item 41") ==
         "procpool::Pool: worker 1 (pid 4242) was killed by signal 9 (SIGKILL) while running item 41; the worker "
         "was replaced");
-  CHECK(worker_ended_message("procpool::Pool", 0, 17, 3, "item 0") ==
+  CHECK(worker_ended_message("procpool::Pool", describe_worker(0, 17), 3, "item 0") ==
         "procpool::Pool: worker 0 (pid 17) exited with code 3 while running item 0; the worker was replaced");
 }
 
 TEST_CASE("the timeout messages give the timeout in milliseconds and the worker that was killed") {
   using namespace procpool::detail;
-  CHECK(task_timeout_message("procpool::Pool", "item 41", 500ms, 1, 4242) ==
+  CHECK(task_timeout_message("procpool::Pool", "item 41", 500ms, describe_worker(1, 4242)) ==
         "procpool::Pool: item 41 ran longer than the task timeout of 500 ms; worker 1 (pid 4242) was killed and "
         "replaced");
-  CHECK(task_timeout_message("procpool::Pool", "item 2", 2s, 0, 9) ==
+  CHECK(task_timeout_message("procpool::Pool", "item 2", 2s, describe_worker(0, 9)) ==
         "procpool::Pool: item 2 ran longer than the task timeout of 2000 ms; worker 0 (pid 9) was killed and "
         "replaced");
-  CHECK(initializer_timeout_message("procpool::Pool", 250ms, 1, 4242) ==
+  CHECK(initializer_timeout_message("procpool::Pool", 250ms, describe_worker(1, 4242)) ==
         "procpool::Pool: the initializer ran longer than the task timeout of 250 ms in worker 1 (pid 4242), which "
         "was killed; the pool cannot start workers (make the initializer return sooner, or raise task_timeout)");
 }

@@ -11,9 +11,6 @@
 //   strace -f -e trace=process out/<dir>/tests/test_scheduler
 // which must show no fork, vfork, clone or clone3 at all: only the execve of the test itself and
 // its exit_group. The whole file runs in about 0.1 s (debug build).
-//
-// Tests tagged [!mayfail] describe a behaviour the scheduler promises but does not have yet (see
-// the comment above each); they report their failure without failing the run.
 
 // next_timer()'s std::optional values print as values in failure reports.
 #define CATCH_CONFIG_ENABLE_OPTIONAL_STRINGMAKER
@@ -551,12 +548,9 @@ TEST_CASE("a slow item holds no other item when the job is known to be long") {
   for (std::size_t k = 1; k < rig.transport.sent.size(); ++k) CHECK(rig.transport.sent[k].worker == 1);
 }
 
-// [!mayfail]: a known gap. Once worker 1 measured the job as cheap, a second chunk is queued behind
-// worker 0's first one, although worker 0 has been stuck in item 0 for 50 ms (its chunk was
-// expected to take 2 us). Worker 1 then runs out of work and idles while that second chunk waits,
-// unstarted, behind the slow item: against dispatch()'s promise that an idle worker never waits
-// while another holds a chunk it has not started.
-TEST_CASE("a chunk is not queued behind an item that has overrun its expected time", "[!mayfail]") {
+// Worker 1 measured the job as cheap, but worker 0 has been stuck in item 0 for 50 ms (its chunk
+// was expected to take 2 us): nothing more is queued behind it, so worker 1 runs everything else.
+TEST_CASE("a chunk is not queued behind an item that has overrun its expected time") {
   Rig rig(with_workers(2));
   rig.start();
   const auto b = rig.add_ints(8);
@@ -694,7 +688,7 @@ TEST_CASE("a task's exception comes back as a RemoteError naming its item") {
   const Failure f = failure_of(b->errors[2]);
   CHECK(f.kind == "RemoteError");
   CHECK(f.item == std::optional<std::size_t>{2});
-  CHECK(f.what == "procpool::Pool: item 2 (worker 0 (fake)) threw std::domain_error: bad input 102");
+  CHECK(f.what == "procpool::Pool: item 2 in worker 0 (fake) threw std::domain_error: bad input 102");
   CHECK(b->has_value(0));
   CHECK(b->has_value(1));
   CHECK(b->has_value(3));
@@ -795,11 +789,9 @@ TEST_CASE("an item that outruns the task timeout gets its worker killed and fail
   CHECK(b->each_item_has_one_outcome());
 }
 
-// [!mayfail]: after tick() killed a worker for the timeout, next_timer() keeps answering 0 (the
-// item's deadline, long past) until the death is reported, so the pool's driver polls with a zero
-// timeout, spinning, for as long as the worker takes to die and be reaped. tick() has nothing
-// more to do for that worker (it skips r.timed_out), so next_timer() should not count it.
-TEST_CASE("once a worker is killed for its timeout, next_timer does not ask for an immediate tick", "[!mayfail]") {
+// After tick() killed a worker for the timeout it has nothing more to do for that worker until
+// the death is reported: next_timer() must not answer 0 (the driver would poll without sleeping).
+TEST_CASE("once a worker is killed for its timeout, next_timer does not ask for an immediate tick") {
   Settings s = with_workers(1);
   s.task_timeout = std::chrono::milliseconds(10);
   Rig rig(std::move(s));
@@ -814,13 +806,9 @@ TEST_CASE("once a worker is killed for its timeout, next_timer does not ask for 
   CHECK(rig.sched.next_timer() == kNoTimer);
 }
 
-// [!mayfail]: a race the scheduler does not guard against. tick() saw item 2 past the timeout and
-// killed the worker; before the kill landed, item 2 finished and item 3 started. lost() then
-// reports item 3 running, and blame() fails item 3 with TimeoutError ("item 3 ran longer than the
-// task timeout"), because it compares only the chunk with what tick() saw, not the item. Item 3
-// ran for a microsecond: it should run again (the kill was not its doing), and no item but 2 may
-// be called timed out.
-TEST_CASE("an item that started just before its worker was killed for a timeout is not blamed for it", "[!mayfail]") {
+// tick() saw item 2 past the timeout and killed the worker; before the kill landed, item 2
+// finished and item 3 started. Item 2 is the one that outran the timeout; item 3 runs again.
+TEST_CASE("an item that started just before its worker was killed for a timeout is not blamed for it") {
   Settings s = with_workers(1);
   s.task_timeout = std::chrono::milliseconds(10);
   Rig rig(std::move(s));
@@ -962,11 +950,9 @@ TEST_CASE("a worker is retired after max_tasks_per_worker items and replaced onc
   CHECK(rig.transport.killed.empty());
 }
 
-// [!mayfail]: the limit is not kept on the re-run path. next_chunk_for() bounds a new chunk by
-// what the worker may still run (max_tasks_per_worker - items_assigned), but hands out a re-queued
-// chunk whatever its size: here worker 0, with 3 of its 4 items run, takes the 3 items of a chunk
-// whose worker died outside any item, and runs 6 items before it is retired.
-TEST_CASE("a worker runs no more than max_tasks_per_worker items, re-run chunks included", "[!mayfail]") {
+// A re-queued chunk counts against max_tasks_per_worker like a new one: worker 0, with 3 of its 4
+// items run, does not take the 3 items of a chunk whose worker died outside any item.
+TEST_CASE("a worker runs no more than max_tasks_per_worker items, re-run chunks included") {
   Settings s = with_workers(2);
   s.max_tasks_per_worker = 4;
   Rig rig(std::move(s));

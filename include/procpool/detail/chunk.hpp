@@ -30,6 +30,7 @@ struct Chunk {
   std::uint32_t delivered = 0;      // items [0, delivered) of a half-decoded result have outcomes
   std::uint32_t lane = kNoLane;     // the transport's shared memory it holds while in flight
   int unexplained_deaths = 0;       // worker deaths outside any item while it was out
+  std::int64_t sent_ns = 0;         // when it was last sent, on the scheduler's clock
 
   /// Walks the items in order, naming each one's batch and index there.
   template <class Visit>

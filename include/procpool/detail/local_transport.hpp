@@ -10,7 +10,6 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
 #include <sys/uio.h>
 
 #include <array>
@@ -26,6 +25,7 @@
 #include <fmt/core.h>
 
 #include "../error.hpp"
+#include "child_process.hpp"
 #include "fd.hpp"
 #include "lanes.hpp"
 #include "messages.hpp"
@@ -129,8 +129,8 @@ class LocalTransport final : public Transport {
         ws.fds.push_back({w.channel.get(), events, 0});
         ws.owners.push_back({index, w.generation});
       }
-      if (w.pidfd) {
-        ws.fds.push_back({w.pidfd.get(), POLLIN, 0});
+      if (w.process.readable_fd() >= 0) {
+        ws.fds.push_back({w.process.readable_fd(), POLLIN, 0});
         ws.owners.push_back({index, w.generation});
       }
       if (spin && w.channel && scheduler_->result_due_soon(w.index)) {
@@ -159,7 +159,7 @@ class LocalTransport final : public Transport {
       if (w.generation != owner.generation) continue;  // an event of a worker already replaced
       const bool on_channel = p.fd == w.channel.get();
       if (on_channel && (p.revents & POLLOUT) != 0) flush(w);
-      if ((on_channel && (p.revents & (POLLIN | POLLHUP | POLLERR)) != 0) || p.fd == w.pidfd.get())
+      if ((on_channel && (p.revents & (POLLIN | POLLHUP | POLLERR)) != 0) || p.fd == w.process.readable_fd())
         read_results(w, /*process_ended=*/!on_channel);
     }
   }
@@ -176,7 +176,7 @@ class LocalTransport final : public Transport {
   [[nodiscard]] std::vector<pid_t> pids() const {
     std::vector<pid_t> out;
     for (const LocalWorker& w : workers_)
-      if (scheduler_ != nullptr && scheduler_->running(w.index)) out.push_back(w.pid);
+      if (w.process && scheduler_ != nullptr && scheduler_->running(w.index)) out.push_back(w.process.pid());
     return out;
   }
 
@@ -187,8 +187,7 @@ class LocalTransport final : public Transport {
     for (LocalWorker& w : workers_) {
       if (w.channel) ::shutdown(w.channel.get(), SHUT_RDWR);
       w.channel.reset();
-      w.pidfd.reset();
-      w.pid = -1;
+      w.process = ForeignProcess();
     }
     zygote_.stop();
     if (slots_ != nullptr) {
@@ -220,14 +219,8 @@ class LocalTransport final : public Transport {
   }
 
   void kill(std::size_t w) override {
-    const LocalWorker& lw = workers_[w];
-    // Only while its exit is not reported: until then the zygote has not reaped it, so its pid
-    // cannot have been reused.
-    if (lw.pid <= 0 || lw.exit_status) return;
-#ifdef SYS_pidfd_send_signal
-    if (lw.pidfd && ::syscall(SYS_pidfd_send_signal, lw.pidfd.get(), SIGKILL, nullptr, 0) == 0) return;
-#endif
-    ::kill(lw.pid, SIGKILL);
+    // Does nothing once its exit is reported (the zygote reaped it, and its pid may be reused).
+    (void)workers_[w].process.signal(SIGKILL);
   }
 
   void replace(std::size_t w) override {
@@ -257,7 +250,7 @@ class LocalTransport final : public Transport {
   }
 
   [[nodiscard]] std::string describe(std::size_t w) const override {
-    return describe_worker(static_cast<int>(w), workers_[w].pid);
+    return describe_worker(static_cast<int>(w), workers_[w].process.pid());
   }
 
   [[nodiscard]] bool on_callers_cpu(std::size_t w) const override {
@@ -268,17 +261,15 @@ class LocalTransport final : public Transport {
  private:
   struct LocalWorker {
     std::size_t index = 0;
-    pid_t pid = -1;
-    Fd channel;  // a stream socket to the worker: chunks out, results in
-    Fd pidfd;
+    ForeignProcess process;  // a child of the zygote, which reaps it and reports how it ended
+    Fd channel;              // a stream socket to the worker: chunks out, results in
     Buffer out;  // bytes not yet written to the channel
     std::size_t out_sent = 0;
     FrameParser in;
     std::array<std::uint64_t, LaneArea::kLanesPerWorker> lane_chunk{};  // the chunk holding each pair, 0: free
     std::uint64_t job_sent = 0;
-    std::uint64_t generation = 0;     // counts spawns, so stale poll events are recognised
-    std::optional<int> exit_status;   // waitpid status, once the zygote reported it
-    bool reported_lost = true;        // no process to report, or reported already
+    std::uint64_t generation = 0;  // counts spawns, so stale poll events are recognised
+    bool reported_lost = true;     // no process to report, or reported already
   };
 
   void send_directly(LocalWorker& w, const Buffer& head, std::span<const std::byte> items);

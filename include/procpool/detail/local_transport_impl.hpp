@@ -137,7 +137,7 @@ inline void LocalTransport::read_results(LocalWorker& w, bool process_ended) {
     // Everything the worker wrote before it ended has been read; its exit status comes from the zygote.
     if (process_ended && !eof && w.channel) consume_frames(w);
     w.channel.reset();
-    w.pidfd.reset();
+    w.process.close_pidfd();
     maybe_report_lost(w);
   }
 }
@@ -187,7 +187,7 @@ inline void LocalTransport::give_up(LocalWorker& w, const std::string& prefix, c
   scheduler_->give_up(w.index, prefix, suffix);
   w.in = FrameParser{};
   w.channel.reset();
-  w.pidfd.reset();
+  w.process.close_pidfd();
   maybe_report_lost(w);
 }
 
@@ -210,7 +210,7 @@ inline void LocalTransport::read_control() {
           "the pool's zygote process ended unexpectedly");
     for (LocalWorker& lw : workers_) {
       lw.channel.reset();
-      lw.pidfd.reset();
+      lw.process.close_pidfd();
       lw.reported_lost = true;
     }
     return;
@@ -230,9 +230,8 @@ inline void LocalTransport::handle_control(const ZygoteMessage& m, std::vector<F
                                                       std::strerror(EMFILE)));
         return;
       }
-      w.pid = m.pid;
+      w.process = ForeignProcess(m.pid, fds.size() > 1 ? std::move(fds[1]) : Fd());
       w.channel = std::move(fds[0]);
-      w.pidfd = fds.size() > 1 ? std::move(fds[1]) : Fd();
       set_nonblocking(w.channel.get(), true);
       ++w.generation;
       w.in = FrameParser{};
@@ -240,7 +239,6 @@ inline void LocalTransport::handle_control(const ZygoteMessage& m, std::vector<F
       w.out_sent = 0;
       w.lane_chunk = {};
       w.job_sent = 0;
-      w.exit_status.reset();
       w.reported_lost = false;
       scheduler_->started(w.index);
       break;
@@ -256,8 +254,8 @@ inline void LocalTransport::handle_control(const ZygoteMessage& m, std::vector<F
     }
     case ZygoteMessage::Op::exited: {
       for (LocalWorker& w : workers_) {
-        if (w.pid == m.pid && !w.exit_status && !w.reported_lost) {
-          w.exit_status = m.value;
+        if (w.process.pid() == m.pid && !w.process.ended() && !w.reported_lost) {
+          w.process.record_status(m.value);
           if (w.channel)
             read_results(w, /*process_ended=*/true);  // drains, then reports the death
           else
@@ -275,10 +273,9 @@ inline void LocalTransport::handle_control(const ZygoteMessage& m, std::vector<F
 /// A worker's death is reported once its socket has closed and the zygote has told how it ended:
 /// then everything it sent has been read, and the slot says what it was running.
 inline void LocalTransport::maybe_report_lost(LocalWorker& w) {
-  if (w.channel || !w.exit_status || w.reported_lost) return;
+  if (w.channel || !w.process.ended() || w.reported_lost) return;
   w.reported_lost = true;
-  const int code = exitcode_from_status(*w.exit_status);
-  scheduler_->lost(w.index, code, running(w.index));
+  scheduler_->lost(w.index, w.process.exitcode().value_or(kExitcodeUnknown), running(w.index));
 }
 
 }  // namespace procpool::detail

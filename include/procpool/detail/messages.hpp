@@ -103,32 +103,51 @@ namespace procpool::detail {
   return fmt::format("worker {} (pid {})", index, pid);
 }
 
+// The messages below name a worker as its transport describes it: describe_worker() for a local
+// pool ("worker 1 (pid 4242)"); a transport across machines prefixes where it runs.
+
 /// The message of the ProcessError for an item whose worker died while running it: "procpool::Pool:
 /// worker 1 (pid 4242) was killed by signal 9 (SIGKILL) while running item 41; the worker was
 /// replaced". `who` names the pool ("procpool::Pool"), `what` the item ("item 41").
-[[nodiscard]] inline std::string worker_ended_message(std::string_view who, int index, pid_t pid, int exitcode,
+[[nodiscard]] inline std::string worker_ended_message(std::string_view who, std::string_view worker, int exitcode,
                                                       std::string_view what) {
-  return fmt::format("{}: {} {} while running {}; the worker was replaced", who, describe_worker(index, pid),
-                     describe_ending(exitcode), what);
+  return fmt::format("{}: {} {} while running {}; the worker was replaced", who, worker, describe_ending(exitcode),
+                     what);
 }
 
 /// The message of the TimeoutError for an item that ran past the task timeout: "procpool::Pool:
 /// item 41 ran longer than the task timeout of 500 ms; worker 1 (pid 4242) was killed and replaced".
 [[nodiscard]] inline std::string task_timeout_message(std::string_view who, std::string_view what,
-                                                      std::chrono::milliseconds timeout, int index, pid_t pid) {
+                                                      std::chrono::milliseconds timeout, std::string_view worker) {
   return fmt::format("{}: {} ran longer than the task timeout of {} ms; {} was killed and replaced", who, what,
-                     timeout.count(), describe_worker(index, pid));
+                     timeout.count(), worker);
 }
 
 /// Why a pool is broken when a worker's initializer ran past the task timeout: "procpool::Pool: the
 /// initializer ran longer than the task timeout of 500 ms in worker 1 (pid 4242), which was killed;
 /// the pool cannot start workers (make the initializer return sooner, or raise task_timeout)".
 [[nodiscard]] inline std::string initializer_timeout_message(std::string_view who, std::chrono::milliseconds timeout,
-                                                             int index, pid_t pid) {
+                                                             std::string_view worker) {
   return fmt::format(
       "{}: the initializer ran longer than the task timeout of {} ms in {}, which was killed; the pool cannot "
       "start workers (make the initializer return sooner, or raise task_timeout)",
-      who, timeout.count(), describe_worker(index, pid));
+      who, timeout.count(), worker);
+}
+
+/// Why a pool is broken when its workers keep dying in the initializer: "procpool::Pool: worker 1
+/// (pid 4242) was killed by signal 11 (SIGSEGV) while running the initializer, three times in a row".
+[[nodiscard]] inline std::string initializer_deaths_message(std::string_view who, std::string_view worker,
+                                                            int exitcode) {
+  return fmt::format("{}: {} {} while running the initializer, three times in a row", who, worker,
+                     describe_ending(exitcode));
+}
+
+/// The start of the message of items whose chunk lost its worker three times outside any item
+/// (the item's name follows): "procpool::Pool: worker 1 (pid 4242) was killed by signal 9 (SIGKILL)
+/// three times while handling the chunk holding ".
+[[nodiscard]] inline std::string chunk_deaths_prefix(std::string_view who, std::string_view worker, int exitcode) {
+  return fmt::format("{}: {} {} three times while handling the chunk holding ", who, worker,
+                     describe_ending(exitcode));
 }
 
 }  // namespace procpool::detail

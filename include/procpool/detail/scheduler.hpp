@@ -16,6 +16,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -162,6 +163,7 @@ class Scheduler {
           if (transport_.on_callers_cpu(w) != callers_cpu) continue;
           if (workers_[w].in_flight.size() != held || !accepting(w)) continue;
           const std::optional<std::uint64_t> chunk = next_chunk_for(w);
+          if (!chunk && workers_[w].retiring) continue;  // nothing it may take; others may
           if (!chunk) break;
           send(w, *chunk);
         }
@@ -208,7 +210,8 @@ class Scheduler {
       if (!settings_.timed() || r.state != WorkerState::running) continue;
       const std::int64_t limit = settings_.task_timeout.count();
       if (!r.init_timed_out && !transport_.initialized(w)) consider(r.started_ns + limit);
-      if (r.in_flight.empty()) continue;
+      // A worker already killed for its timeout has nothing more to time: its loss is reported.
+      if (r.in_flight.empty() || r.timed_out) continue;
       const RunningItem at = transport_.running(w);
       consider(at.chunk != 0 && at.started_ns != 0 ? at.started_ns + limit : now + limit);
     }
@@ -294,6 +297,12 @@ class Scheduler {
 
  private:
   enum class WorkerState { vacant, starting, running, leaving };
+
+  /// How messages name the pool.
+  static constexpr std::string_view kWho = "procpool::Pool";
+  [[nodiscard]] std::chrono::milliseconds timeout_ms() const {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(settings_.task_timeout);
+  }
 
   struct WorkerRecord {
     WorkerState state = WorkerState::vacant;

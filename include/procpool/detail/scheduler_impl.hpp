@@ -19,7 +19,14 @@ inline bool Scheduler::accepting(std::size_t w) const {
   const WorkerRecord& r = workers_[w];
   if (r.state != WorkerState::running || r.retiring) return false;
   if (r.in_flight.empty()) return true;
-  return r.in_flight.size() < 2 && expected_ns(r.in_flight.back()).value_or(kPrefetchNs) < kPrefetchNs;
+  if (r.in_flight.size() >= 2) return false;
+  const std::uint64_t front = r.in_flight.front();
+  const std::optional<double> expected = expected_ns(front);
+  if (expected.value_or(kPrefetchNs) >= kPrefetchNs) return false;
+  // A chunk that has already run well past what it was expected to take is held up by a slow
+  // item: nothing more waits behind it.
+  const auto sent = chunks_.find(front);
+  return sent == chunks_.end() || static_cast<double>(clock_.now_ns() - sent->second.sent_ns) < 2 * *expected + kPrefetchNs;
 }
 
 /// How long chunk `id` is expected to take, once its job's cost per item is measured.
@@ -35,9 +42,20 @@ inline std::optional<double> Scheduler::expected_ns(std::uint64_t id) const {
 /// items left, topped up from later batches of the same job.
 inline std::optional<std::uint64_t> Scheduler::next_chunk_for(std::size_t w) {
   if (!requeued_.empty()) {
-    const std::uint64_t id = requeued_.front();
-    requeued_.pop_front();
-    return id;
+    // A worker with a max_tasks_per_worker allowance takes only a chunk that fits what it has
+    // left; a fresh worker always can (chunks are never cut larger than the allowance).
+    const std::size_t allowance = settings_.max_tasks_per_worker > 0
+                                      ? settings_.max_tasks_per_worker - workers_[w].items_assigned
+                                      : SIZE_MAX;
+    const auto fits = std::find_if(requeued_.begin(), requeued_.end(),
+                                   [&](std::uint64_t id) { return chunks_.at(id).open_items() <= allowance; });
+    if (fits != requeued_.end()) {
+      const std::uint64_t id = *fits;
+      requeued_.erase(fits);
+      return id;
+    }
+    // None fits: the worker takes new items up to its allowance (below), or, if there are none,
+    // retires, and its replacement takes the chunk.
   }
   Chunk c;
   // Items are encoded straight into memory the transport lends for w (a lane), when it does;
@@ -94,6 +112,10 @@ inline std::optional<std::uint64_t> Scheduler::next_chunk_for(std::size_t w) {
   }
   if (c.count == 0) {
     if (c.lane != kNoLane) transport_.release(w, 0, c);
+    if (!requeued_.empty() && settings_.max_tasks_per_worker > 0) {
+      workers_[w].retiring = true;
+      if (workers_[w].in_flight.empty()) retire(w);
+    }
     return std::nullopt;
   }
   const std::uint64_t id = next_chunk_id_++;
@@ -118,6 +140,7 @@ inline void Scheduler::send(std::size_t w, std::uint64_t id) {
   WorkerRecord& r = workers_[w];
   Chunk& c = chunks_.at(id);
   transport_.send(w, id, c, jobs_.at(c.job_id), r.in_flight.empty());
+  c.sent_ns = clock_.now_ns();
   r.in_flight.push_back(id);
   r.items_assigned += c.open_items();
   if (settings_.max_tasks_per_worker > 0 && r.items_assigned >= settings_.max_tasks_per_worker) r.retiring = true;
@@ -204,7 +227,7 @@ inline void Scheduler::results(std::size_t w, std::uint64_t id, std::span<const 
     c.for_each_open_item([&](std::uint32_t local, Batch& b, std::size_t index) {
       if (resume_after) return;
       if (f < failed.size() && failed[f].first == local) {
-        const std::string context = fmt::format("procpool::Pool: {} ({})", b.describe(index), transport_.describe(w));
+        const std::string context = fmt::format("procpool::Pool: {} in {}", b.describe(index), transport_.describe(w));
         b.accept_error(index, std::make_exception_ptr(make_remote_error(failed[f].second, context, index)));
         ++f;
       } else {
@@ -321,15 +344,9 @@ inline void Scheduler::lost(std::size_t w, int exitcode, RunningItem at_death) {
   // outside, so only three deaths in a row before it finishes count as broken.
   r.init_deaths = r.ready ? 0 : r.init_deaths + 1;
   if (r.init_timed_out) {
-    lifecycle_.break_with(fmt::format(
-        "procpool::Pool: the initializer ran longer than the task timeout of {} ms in {}, which was killed; the pool "
-        "cannot start workers (make the initializer return sooner, or raise task_timeout)",
-        std::chrono::duration_cast<std::chrono::milliseconds>(settings_.task_timeout).count(), who));
+    lifecycle_.break_with(initializer_timeout_message(kWho, timeout_ms(), who));
   } else if (r.init_failure || r.init_deaths >= 3) {
-    lifecycle_.break_with(r.init_failure ? *r.init_failure
-                                         : fmt::format("procpool::Pool: {} {} while running the initializer, three "
-                                                       "times in a row",
-                                                       who, describe_ending(exitcode)));
+    lifecycle_.break_with(r.init_failure ? *r.init_failure : initializer_deaths_message(kWho, who, exitcode));
   }
   bool first = true;
   std::deque<std::uint64_t> again;
@@ -337,14 +354,18 @@ inline void Scheduler::lost(std::size_t w, int exitcode, RunningItem at_death) {
     const auto it = chunks_.find(id);
     if (it == chunks_.end()) continue;
     Chunk& c = it->second;
-    if (first && at_death.chunk == id && at_death.item < c.count) {
+    if (first && r.timed_out) {
+      // Killed for the task timeout: the item that outran it is to blame, even if it had finished
+      // (and the next one started) by the time the kill landed; if its chunk was answered
+      // meanwhile, nobody is, and the chunk at hand simply runs again.
+      if (r.timed_out->chunk == id && r.timed_out->item < c.count) blame(w, c, *r.timed_out, exitcode);
+    } else if (first && at_death.chunk == id && at_death.item < c.count) {
       blame(w, c, at_death, exitcode);
     } else if (first && ++c.unexplained_deaths >= 3) {
       // The worker died outside any item (killed while idle, or while writing results): the chunk
       // is run again, a bounded number of times.
       transport_.release(w, id, c);
-      fail_chunk(id, fmt::format("procpool::Pool: {} {} three times while handling the chunk holding ", who,
-                                 describe_ending(exitcode)));
+      fail_chunk(id, chunk_deaths_prefix(kWho, who, exitcode));
       first = false;
       continue;
     }
@@ -385,17 +406,12 @@ inline void Scheduler::blame(std::size_t w, Chunk& c, const RunningItem& at, int
   const WorkerRecord& r = workers_[w];
   const std::string who = transport_.describe(w);
   std::exception_ptr error;
-  if (r.timed_out && r.timed_out->chunk == at.chunk) {
-    error = std::make_exception_ptr(TimeoutError(
-        fmt::format("procpool::Pool: {} ran longer than the task timeout of {} ms; {} was killed and replaced",
-                    owner->describe(index),
-                    std::chrono::duration_cast<std::chrono::milliseconds>(settings_.task_timeout).count(), who),
-        index));
+  if (r.timed_out && r.timed_out->chunk == at.chunk && r.timed_out->item == at.item) {
+    error = std::make_exception_ptr(
+        TimeoutError(task_timeout_message(kWho, owner->describe(index), timeout_ms(), who), index));
   } else {
-    error = std::make_exception_ptr(ProcessError(fmt::format("procpool::Pool: {} {} while running {}; the worker was "
-                                                             "replaced",
-                                                             who, describe_ending(exitcode), owner->describe(index)),
-                                                 exitcode, index));
+    error = std::make_exception_ptr(
+        ProcessError(worker_ended_message(kWho, who, exitcode, owner->describe(index)), exitcode, index));
   }
   owner->accept_error(index, error);
   c.skip.insert(std::upper_bound(c.skip.begin(), c.skip.end(), at.item), at.item);

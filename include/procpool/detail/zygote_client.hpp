@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../error.hpp"
+#include "child_process.hpp"
 #include "fd.hpp"
 #include "fork.hpp"
 #include "lanes.hpp"
@@ -37,7 +38,7 @@ class ZygoteClient {
     Fd theirs(sv[1]);
     const int zygote_end = theirs.get();
     const ZygoteSetup* s = &setup;
-    pid_ = fork_child([zygote_end, s] { return zygote_main(zygote_end, *s); }, {zygote_end});
+    zygote_ = ChildProcess(fork_child([zygote_end, s] { return zygote_main(zygote_end, *s); }, {zygote_end}), Fd());
     theirs.reset();
     control_ = std::move(ours);
   }
@@ -74,11 +75,7 @@ class ZygoteClient {
   void stop() noexcept {
     if (control_) ::shutdown(control_.get(), SHUT_RDWR);
     control_.reset();
-    if (pid_ > 0) {
-      int status = 0;
-      waitpid_retry(pid_, &status, 0);
-      pid_ = -1;
-    }
+    if (zygote_ && !zygote_.reaped()) (void)zygote_.reap();
   }
 
   /// Forgets the control socket after the zygote ended by itself (it is reaped by stop()).
@@ -86,7 +83,7 @@ class ZygoteClient {
 
  private:
   Fd control_;
-  pid_t pid_ = -1;
+  ChildProcess zygote_;
 };
 
 }  // namespace procpool::detail
