@@ -149,7 +149,7 @@ TEST_CASE("catching ItemError catches a task that throws, one that aborts and on
     CHECK(caught->item == std::optional<std::size_t>(static_cast<std::size_t>(i)));
     if (i == kThrows) {
       CHECK(*caught->type == typeid(procpool::RemoteError));
-      CHECK_THAT(caught->what, Contains("item 3 (worker ") && Contains("threw std::runtime_error: boom"));
+      CHECK_THAT(caught->what, Contains("item 3 in worker ") && Contains("threw std::runtime_error: boom"));
     } else if (i == kAborts) {
       CHECK(*caught->type == typeid(procpool::ProcessError));
       const std::optional<int> pid = aborting_pid.receive(1s);

@@ -76,6 +76,6 @@ TEST_CASE("the outcomes of a real try_map print with the failed item's RemoteErr
       std::vector{0, 1, 2});
   const std::string text = fmt::format("{}", outcomes);
   INFO(text);
-  CHECK_THAT(text, Catch::Matchers::StartsWith("[0, error(\"procpool::Pool: item 1 (worker "));
+  CHECK_THAT(text, Catch::Matchers::StartsWith("[0, error(\"procpool::Pool: item 1 in worker "));
   CHECK_THAT(text, Catch::Matchers::EndsWith(" threw std::runtime_error: odd one out\"), 20]"));
 }
