@@ -253,9 +253,9 @@ class LocalTransport final : public Transport {
     return describe_worker(static_cast<int>(w), workers_[w].process.pid());
   }
 
+  void dispatch_begins() override { callers_cpu_ = settings_.cpus.empty() ? -1 : ::sched_getcpu(); }
   [[nodiscard]] bool on_callers_cpu(std::size_t w) const override {
-    const int cpu = settings_.cpu_of(w);
-    return cpu >= 0 && cpu == ::sched_getcpu();
+    return callers_cpu_ >= 0 && settings_.cpu_of(w) == callers_cpu_;
   }
 
  private:
@@ -302,7 +302,8 @@ class LocalTransport final : public Transport {
   Fd wake_;
   ZygoteSetup zygote_setup_;
   ZygoteClient zygote_;
-  Buffer chunk_head_;  // send's scratch
+  Buffer chunk_head_;     // send's scratch
+  int callers_cpu_ = -1;  // the CPU the dispatching thread ran on when the dispatch began
 };
 
 }  // namespace procpool::detail

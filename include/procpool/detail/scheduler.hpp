@@ -63,6 +63,8 @@ class Transport {
   [[nodiscard]] virtual bool initialized(std::size_t w) const = 0;
   /// How messages name w ("worker 1 (pid 4242)").
   [[nodiscard]] virtual std::string describe(std::size_t w) const = 0;
+  /// Called as a dispatch begins (a transport may note what on_callers_cpu needs once for all).
+  virtual void dispatch_begins() {}
   /// Whether w runs on the caller's CPU: such workers are served last, so that a lone task runs
   /// beside the caller, not in its way.
   [[nodiscard]] virtual bool on_callers_cpu(std::size_t /*w*/) const { return false; }
@@ -157,6 +159,9 @@ class Scheduler {
   /// started; workers on other CPUs than the caller's first.
   void dispatch() {
     if (!lifecycle_.dispatches()) return;
+    transport_.dispatch_begins();
+    // One reading of the clock for the whole dispatch: chunks sent now are stamped with it.
+    now_ = clock_.now_ns();
     for (const std::size_t held : {std::size_t{0}, std::size_t{1}}) {
       for (const bool callers_cpu : {false, true}) {
         for (std::size_t w = 0; w < workers_.size(); ++w) {
@@ -351,6 +356,7 @@ class Scheduler {
   std::unordered_map<std::uint64_t, Chunk> chunks_;
   std::deque<std::uint64_t> requeued_;  // chunks that ran on a dead worker go first
   std::uint64_t next_chunk_id_ = 1;
+  std::int64_t now_ = 0;  // the clock when the current dispatch began
   // Encoding buffers of finished chunks kept for the next ones, at most this many and this much:
   // large items are then encoded into memory already mapped, not into fresh pages.
   static constexpr std::size_t kSpareItemBuffers = 4;

@@ -26,7 +26,7 @@ inline bool Scheduler::accepting(std::size_t w) const {
   // A chunk that has already run well past what it was expected to take is held up by a slow
   // item: nothing more waits behind it.
   const auto sent = chunks_.find(front);
-  return sent == chunks_.end() || static_cast<double>(clock_.now_ns() - sent->second.sent_ns) < 2 * *expected + kPrefetchNs;
+  return sent == chunks_.end() || static_cast<double>(now_ - sent->second.sent_ns) < 2 * *expected + kPrefetchNs;
 }
 
 /// How long chunk `id` is expected to take, once its job's cost per item is measured.
@@ -140,7 +140,7 @@ inline void Scheduler::send(std::size_t w, std::uint64_t id) {
   WorkerRecord& r = workers_[w];
   Chunk& c = chunks_.at(id);
   transport_.send(w, id, c, jobs_.at(c.job_id), r.in_flight.empty());
-  c.sent_ns = clock_.now_ns();
+  c.sent_ns = now_;
   r.in_flight.push_back(id);
   r.items_assigned += c.open_items();
   if (settings_.max_tasks_per_worker > 0 && r.items_assigned >= settings_.max_tasks_per_worker) r.retiring = true;
