@@ -39,9 +39,7 @@ using Bytes = std::vector<unsigned char>;
 
 constexpr std::size_t kWorkers = 2;
 
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
 
 template <class F>
 double time_once(F&& f) {
@@ -127,8 +125,8 @@ struct Cell {
   std::string workload;
   double param = 0;
   std::string impl;
-  double items = 0;    // work items per sample (0: not applicable)
-  double bytes = 0;    // payload bytes moved per sample (0: not applicable)
+  double items = 0;  // work items per sample (0: not applicable)
+  double bytes = 0;  // payload bytes moved per sample (0: not applicable)
   std::vector<double> samples;
 };
 
@@ -181,8 +179,9 @@ void workload_map(const Settings& s) {
     std::size_t n;
     int reps;
   };
-  const std::vector<Size> sizes = s.smoke ? std::vector<Size>{{1'000, 3}, {10'000, 3}}
-                                          : std::vector<Size>{{10'000, 31}, {100'000, 21}, {1'000'000, 11}, {10'000'000, 5}};
+  const std::vector<Size> sizes =
+      s.smoke ? std::vector<Size>{{1'000, 3}, {10'000, 3}}
+              : std::vector<Size>{{10'000, 31}, {100'000, 21}, {1'000'000, 11}, {10'000'000, 5}};
   procpool::Pool pool{kWorkers};
   (void)pool.map(square, std::vector<std::int64_t>(1000, 3));  // warm-up: workers up and running
   for (const auto& [n, reps] : sizes) {
@@ -241,7 +240,8 @@ void workload_startup(const Settings& s) {
   const int reps = s.smoke ? 3 : 21;
   run_interleaved("startup", kWorkers, 0, 0, reps,
                   {{"procpool", [] { procpool::Pool pool{kWorkers}; }},
-                   {"threads", [] {
+                   {"threads",
+                    [] {
                       std::vector<std::thread> ts;
                       for (std::size_t i = 0; i < kWorkers; ++i) ts.emplace_back(nothing);
                       for (auto& t : ts) t.join();
@@ -358,7 +358,8 @@ void workload_long(const Settings& s) {
     volatile std::uint64_t sink = 0;
     run_interleaved("long", static_cast<double>(n), static_cast<double>(n), 0, reps,
                     {{"procpool", [&] { out_map = pool.map(spin, in); }},
-                     {"procpool_submit", [&] {
+                     {"procpool_submit",
+                      [&] {
                         futures.clear();
                         for (const auto x : in) futures.push_back(pool.submit(spin, x));
                         out_submit.clear();
@@ -393,9 +394,9 @@ int main(int argc, char** argv) {
     }
   }
   const std::map<std::string, void (*)(const Settings&)> workloads = {
-      {"map", workload_map},           {"submit", workload_submit}, {"roundtrip", workload_roundtrip},
-      {"startup", workload_startup},   {"balanced", workload_balanced}, {"skewed", workload_skewed},
-      {"payload", workload_payload},   {"long", workload_long}};
+      {"map", workload_map},         {"submit", workload_submit},     {"roundtrip", workload_roundtrip},
+      {"startup", workload_startup}, {"balanced", workload_balanced}, {"skewed", workload_skewed},
+      {"payload", workload_payload}, {"long", workload_long}};
   const auto it = workloads.find(workload);
   if (it == workloads.end()) {
     std::fprintf(stderr, "procpool_bench: unknown workload '%s'\n", workload.c_str());

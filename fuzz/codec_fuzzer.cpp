@@ -78,8 +78,7 @@ using T2 = std::tuple<std::optional<std::string>, std::set<long>>;
 using T3 = std::vector<Record>;
 using T4 = std::vector<std::vector<std::string>>;
 using T5 = std::unordered_map<int, std::string>;
-using T6 = std::tuple<std::chrono::milliseconds, std::chrono::system_clock::time_point,
-                      std::chrono::duration<double>>;
+using T6 = std::tuple<std::chrono::milliseconds, std::chrono::system_clock::time_point, std::chrono::duration<double>>;
 using T7 = std::array<bool, 4>;
 using T8 = bool;
 using T9 = Color;

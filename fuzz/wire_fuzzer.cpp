@@ -68,7 +68,8 @@ void check_chunk(const wire::ParsedChunk& c, std::span<const std::byte> payload)
   for (std::size_t k = 0; k < c.skip.size(); ++k) require(c.skip[k] < c.count && (k == 0 || c.skip[k - 1] < c.skip[k]));
   require(c.lane == wire::kNoLane || c.lane < wire::LaneArea::kLanesPerWorker);
   require(c.lane_bytes == 0 || (c.items.empty() && c.lane != wire::kNoLane));
-  require(c.items.empty() || (c.items.data() >= payload.data() && c.items.data() + c.items.size() == payload.data() + payload.size()));
+  require(c.items.empty() ||
+          (c.items.data() >= payload.data() && c.items.data() + c.items.size() == payload.data() + payload.size()));
 }
 
 void handle_from_parent(const FrameHeader& h, std::span<const std::byte> payload, std::span<const std::byte> lane) {
@@ -169,7 +170,8 @@ void round_trip(const std::uint8_t* data, std::size_t size) {
   const auto lane_choice = in.take<std::uint8_t>();
   const std::uint32_t lane = lane_choice % 3 == 2 ? wire::kNoLane : lane_choice % 3;
   const auto lane_size = in.take<std::uint32_t>();
-  const std::uint64_t lane_bytes = lane != wire::kNoLane && (lane_choice & 0x80) != 0 ? 1 + lane_size % wire::LaneArea::kLaneBytes : 0;
+  const std::uint64_t lane_bytes =
+      lane != wire::kNoLane && (lane_choice & 0x80) != 0 ? 1 + lane_size % wire::LaneArea::kLaneBytes : 0;
   const auto skip_count = in.take<std::uint8_t>();
   std::vector<std::uint32_t> skip;
   for (unsigned k = 0; k < skip_count && count > 0; ++k) skip.push_back(in.take<std::uint16_t>() % count);
@@ -189,7 +191,8 @@ void round_trip(const std::uint8_t* data, std::size_t size) {
   require(c.chunk_id == chunk_id && c.job_id == job_id && c.count == count && c.lane == lane &&
           c.lane_bytes == lane_bytes && c.skip.size() == skip.size());
   for (std::size_t k = 0; k < skip.size(); ++k) require(c.skip[k] == skip[k]);
-  require(c.items.size() == items.size() && (items.empty() || std::memcmp(c.items.data(), items.data(), items.size()) == 0));
+  require(c.items.size() == items.size() &&
+          (items.empty() || std::memcmp(c.items.data(), items.data(), items.size()) == 0));
 
   // The results of that chunk: the skipped items' places fail instead, the bytes after the
   // fields are the values.
@@ -209,7 +212,8 @@ void round_trip(const std::uint8_t* data, std::size_t size) {
   require(r.header.compute_ns == job_id && r.failed.size() == skip.size());
   for (std::size_t k = 0; k < skip.size(); ++k)
     require(r.failed[k].first == skip[k] && r.failed[k].second.what == std::to_string(skip[k]));
-  require(r.values.size() == items.size() && (items.empty() || std::memcmp(r.values.data(), items.data(), items.size()) == 0));
+  require(r.values.size() == items.size() &&
+          (items.empty() || std::memcmp(r.values.data(), items.data(), items.size()) == 0));
 }
 
 }  // namespace
@@ -224,18 +228,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   std::vector<std::byte> lane(4096);
   for (std::size_t i = 0; i < lane.size() && size > 0; ++i) lane[i] = static_cast<std::byte>(data[i % size]);
   switch (mode) {
-    case 0:
-      run_stream<wire::FrameParser>(data, size, step, lane, handle_from_worker);
-      break;
-    case 1:
-      run_stream<wire::ParentFrameParser>(data, size, step, lane, handle_from_parent);
-      break;
-    case 2:
-      parse_one(data, size, lane);
-      break;
-    default:
-      round_trip(data, size);
-      break;
+    case 0: run_stream<wire::FrameParser>(data, size, step, lane, handle_from_worker); break;
+    case 1: run_stream<wire::ParentFrameParser>(data, size, step, lane, handle_from_parent); break;
+    case 2: parse_one(data, size, lane); break;
+    default: round_trip(data, size); break;
   }
   return 0;
 }

@@ -32,10 +32,12 @@ namespace {
 
 /// A child that waits until it is killed.
 ChildProcess start_sleeper(ForkOptions options = {}) {
-  return procpool::detail::fork_child_with_pidfd([] {
-    for (;;) ::pause();
-    return 0;
-  }, {}, options);
+  return procpool::detail::fork_child_with_pidfd(
+      [] {
+        for (;;) ::pause();
+        return 0;
+      },
+      {}, options);
 }
 
 /// A pipe whose ends close themselves.
@@ -123,18 +125,20 @@ TEST_CASE("A child signalled through its handle and then reaped reports that sig
   CHECK(child.reaped());
   CHECK(child.status() == status);
   CHECK(child.exitcode() == -SIGTERM);
-  CHECK(child.readable_fd() == -1);  // the pidfd is closed once the status is known
-  CHECK(child.pid() > 0);            // kept for messages
+  CHECK(child.readable_fd() == -1);    // the pidfd is closed once the status is known
+  CHECK(child.pid() > 0);              // kept for messages
   CHECK_FALSE(child.signal(SIGKILL));  // reaped: the pid may belong to someone else now
   CHECK(child.reap() == status);       // the status is kept; reaping again waits for nothing
   CHECK_FALSE(still_our_unreaped_child(child.pid()));
 }
 
 TEST_CASE("A child without a pidfd is signalled by its pid and reaped all the same") {
-  const pid_t pid = procpool::detail::fork_child([] {
-    for (;;) ::pause();
-    return 0;
-  }, {});
+  const pid_t pid = procpool::detail::fork_child(
+      [] {
+        for (;;) ::pause();
+        return 0;
+      },
+      {});
   ChildProcess child(pid, Fd());
   CHECK(child.pidfd() == -1);
   CHECK(child.readable_fd() == -1);
@@ -148,11 +152,13 @@ TEST_CASE("A child without a pidfd is signalled by its pid and reaped all the sa
 TEST_CASE("try_reap gives nothing while the child runs, and its exit status once it has ended") {
   TestPipe go;
   const int go_read = go.read.get();
-  ChildProcess child = procpool::detail::fork_child_with_pidfd([go_read] {
-    char byte = 0;
-    (void)procpool::detail::read_some(go_read, &byte, 1);
-    return 3;
-  }, {go_read});
+  ChildProcess child = procpool::detail::fork_child_with_pidfd(
+      [go_read] {
+        char byte = 0;
+        (void)procpool::detail::read_some(go_read, &byte, 1);
+        return 3;
+      },
+      {go_read});
   CHECK_FALSE(child.try_reap().has_value());
   CHECK_FALSE(child.reaped());
   CHECK_FALSE(child.status().has_value());
@@ -278,18 +284,20 @@ TEST_CASE("A foreign process (a grandchild) can be signalled and watched, and it
   TestPipe report;
   const int pids_write = pids.write.get();
   const int report_write = report.write.get();
-  ChildProcess middle = procpool::detail::fork_child_with_pidfd([pids_write, report_write] {
-    std::fflush(nullptr);
-    const pid_t grandchild = ::fork();
-    if (grandchild == 0) {
-      for (;;) ::pause();
-    }
-    (void)procpool::detail::write_all(pids_write, &grandchild, sizeof grandchild);
-    int status = 0;
-    if (::waitpid(grandchild, &status, 0) != grandchild) return 1;
-    (void)procpool::detail::write_all(report_write, &status, sizeof status);
-    return 0;
-  }, {pids_write, report_write});
+  ChildProcess middle = procpool::detail::fork_child_with_pidfd(
+      [pids_write, report_write] {
+        std::fflush(nullptr);
+        const pid_t grandchild = ::fork();
+        if (grandchild == 0) {
+          for (;;) ::pause();
+        }
+        (void)procpool::detail::write_all(pids_write, &grandchild, sizeof grandchild);
+        int status = 0;
+        if (::waitpid(grandchild, &status, 0) != grandchild) return 1;
+        (void)procpool::detail::write_all(report_write, &status, sizeof status);
+        return 0;
+      },
+      {pids_write, report_write});
   pids.write.reset();
   report.write.reset();
 
@@ -318,17 +326,19 @@ TEST_CASE("A foreign process (a grandchild) can be signalled and watched, and it
 TEST_CASE("A foreign process whose pidfd is closed is signalled by its pid") {
   TestPipe pids;
   const int pids_write = pids.write.get();
-  ChildProcess middle = procpool::detail::fork_child_with_pidfd([pids_write] {
-    std::fflush(nullptr);
-    const pid_t grandchild = ::fork();
-    if (grandchild == 0) {
-      for (;;) ::pause();
-    }
-    (void)procpool::detail::write_all(pids_write, &grandchild, sizeof grandchild);
-    int status = 0;
-    if (::waitpid(grandchild, &status, 0) != grandchild) return 1;
-    return WIFSIGNALED(status) && WTERMSIG(status) == SIGUSR1 ? 0 : 2;
-  }, {pids_write});
+  ChildProcess middle = procpool::detail::fork_child_with_pidfd(
+      [pids_write] {
+        std::fflush(nullptr);
+        const pid_t grandchild = ::fork();
+        if (grandchild == 0) {
+          for (;;) ::pause();
+        }
+        (void)procpool::detail::write_all(pids_write, &grandchild, sizeof grandchild);
+        int status = 0;
+        if (::waitpid(grandchild, &status, 0) != grandchild) return 1;
+        return WIFSIGNALED(status) && WTERMSIG(status) == SIGUSR1 ? 0 : 2;
+      },
+      {pids_write});
   pids.write.reset();
   pid_t grandchild = -1;
   REQUIRE(procpool::detail::read_some(pids.read.get(), &grandchild, sizeof grandchild) == sizeof grandchild);
@@ -352,10 +362,12 @@ TEST_CASE("With sync_with_stdio(false), std::cout output not yet flushed at fork
     if (::dup2(out.write.get(), 1) < 0) return 1;
     out.write.reset();
     std::cout << "cout-before\n";  // deliberately not flushed
-    ChildProcess child = procpool::detail::fork_child_with_pidfd([] {
-      std::cout << "cout-child\n";  // flushed by the child's exit
-      return 0;
-    }, {1});
+    ChildProcess child = procpool::detail::fork_child_with_pidfd(
+        [] {
+          std::cout << "cout-child\n";  // flushed by the child's exit
+          return 0;
+        },
+        {1});
     if (child.reap() != 0) return 2;
     std::cout << "cout-after\n";
     std::cout.flush();

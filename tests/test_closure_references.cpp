@@ -28,7 +28,7 @@ namespace {
 
 int some_function(int x) { return x + 1; }
 
-int g_writable_global = 5;  // .data: a writable segment of the test executable
+int g_writable_global = 5;                       // .data: a writable segment of the test executable
 const int kConstTable[] = {2, 3, 5, 7, 11, 13};  // .rodata: no relocations, read-only
 
 enum class Colour : std::int64_t { red = 1, green = 2, blue = 3 };
@@ -167,7 +167,9 @@ TEST_CASE("a pointer among several numbers is found", "[closure_references]") {
   };
   STATIC_REQUIRE(sizeof(with_reference) == 5 * 8);
   CHECK(judged(with_reference));
-  auto values_only = [a, b, c, e, big, d](int x) { return x * a + b + c + e + static_cast<int>(big) + static_cast<int>(d); };
+  auto values_only = [a, b, c, e, big, d](int x) {
+    return x * a + b + c + e + static_cast<int>(big) + static_cast<int>(d);
+  };
   STATIC_REQUIRE(sizeof(values_only) == 4 * 8);
   CHECK_FALSE(judged(values_only));
 }
@@ -290,7 +292,7 @@ TEST_CASE("threads judging while libraries load and unload agree with one judgin
   std::thread first(judge);
   std::thread second(judge);
   for (int i = 0; i < 20; ++i) {
-    FreshLibrary library;  // loads one (if any is left to load) ...
+    FreshLibrary library;                                      // loads one (if any is left to load) ...
     if (library.handle != nullptr) ::dlclose(library.handle);  // ... and unloads it again
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
@@ -389,7 +391,9 @@ TEST_CASE("the cost of a judgement, printed", "[.benchmark][closure_references]"
             << "  two small int64 (16 bytes):        " << nanoseconds_per_judgement([a, b] { return a + b; }) << '\n'
             << "  two ints (8 bytes, one word):      " << nanoseconds_per_judgement([i, j] { return i + j; }) << '\n'
             << "  two doubles (16 bytes):            " << nanoseconds_per_judgement([x, y] { return x + y; }) << '\n'
-            << "  two int64 of a million (16 bytes): " << nanoseconds_per_judgement([big_a, big_b] { return big_a + big_b; }) << '\n'
-            << "  function pointer + literal:        " << nanoseconds_per_judgement([fn, literal] { return fn(literal[0]); }) << '\n'
+            << "  two int64 of a million (16 bytes): "
+            << nanoseconds_per_judgement([big_a, big_b] { return big_a + big_b; }) << '\n'
+            << "  function pointer + literal:        "
+            << nanoseconds_per_judgement([fn, literal] { return fn(literal[0]); }) << '\n'
             << "  [&] (one stack reference):         " << nanoseconds_per_judgement([&] { return k; }) << '\n';
 }

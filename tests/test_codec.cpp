@@ -495,8 +495,9 @@ TEST_CASE("a duplicate key in a map or set throws DecodeError", "[codec][errors]
 // ---- nesting and user types ----
 
 TEST_CASE("deeply nested standard types survive a round trip", "[codec]") {
-  using Nested = std::map<std::string, std::vector<std::tuple<std::optional<std::set<long>>,
-                                                              std::variant<int, std::list<std::string>>>>>;
+  using Nested =
+      std::map<std::string,
+               std::vector<std::tuple<std::optional<std::set<long>>, std::variant<int, std::list<std::string>>>>>;
   Nested n;
   n["k"].emplace_back(std::set<long>{1, 2}, std::list<std::string>{"x", "y"});
   n["k"].emplace_back(std::nullopt, 3);
@@ -702,8 +703,8 @@ TEST_CASE("decoding replaces the previous contents of the target", "[codec]") {
   std::vector<std::string> v{"old", "stuff", "here"};
   std::map<int, int> m{{9, 9}};
   std::optional<int> o = 5;
-  const auto bytes = procpool::to_bytes(std::tuple(std::vector<std::string>{"new"}, std::map<int, int>{{1, 2}},
-                                                   std::optional<int>{}));
+  const auto bytes =
+      procpool::to_bytes(std::tuple(std::vector<std::string>{"new"}, std::map<int, int>{{1, 2}}, std::optional<int>{}));
   Decoder d(bytes);
   d(v, m, o);
   CHECK(v == std::vector<std::string>{"new"});
@@ -757,8 +758,8 @@ TEST_CASE("a huge declared count throws before anything is allocated", "[codec][
   // nothing beyond a small multiple of the input may be reserved up front.
   auto lying = varint_bytes(1000);
   lying.resize(lying.size() + 1000, std::byte{1});  // 1000 "present" flags, but no 4 KiB payloads
-  using BigElems = std::vector<std::optional<std::array<char, 4096>>,
-                               RecordingAllocator<std::optional<std::array<char, 4096>>>>;
+  using BigElems =
+      std::vector<std::optional<std::array<char, 4096>>, RecordingAllocator<std::optional<std::array<char, 4096>>>>;
   g_largest_allocation = 0;
   CHECK_THROWS_AS(procpool::from_bytes<BigElems>(lying), DecodeError);
   // The decoder may reserve ahead at most 16 bytes per input byte plus 64 KiB of slack.

@@ -156,16 +156,19 @@ TEST_CASE("catching ItemError catches a task that throws, one that aborts and on
       REQUIRE(pid.has_value());
       // The pool's text is the one worker_ended_message builds.
       CHECK(is_message_of_either_worker(caught->what, [&](int index) {
-        return procpool::detail::worker_ended_message("procpool::Pool", procpool::detail::describe_worker(index, *pid), -SIGABRT, "item 5");
+        return procpool::detail::worker_ended_message("procpool::Pool", procpool::detail::describe_worker(index, *pid),
+                                                      -SIGABRT, "item 5");
       }));
-      CHECK_THAT(caught->what, StartsWith("procpool::Pool: worker ") &&
-                                   Contains("was killed by signal 6 (SIGABRT) while running item 5; the worker was replaced"));
+      CHECK_THAT(caught->what,
+                 StartsWith("procpool::Pool: worker ") &&
+                     Contains("was killed by signal 6 (SIGABRT) while running item 5; the worker was replaced"));
     } else {
       CHECK(*caught->type == typeid(procpool::TimeoutError));
       const std::optional<int> pid = hanging_pid.receive(1s);
       REQUIRE(pid.has_value());
       CHECK(is_message_of_either_worker(caught->what, [&](int index) {
-        return procpool::detail::task_timeout_message("procpool::Pool", "item 7", kTimeout, procpool::detail::describe_worker(index, *pid));
+        return procpool::detail::task_timeout_message("procpool::Pool", "item 7", kTimeout,
+                                                      procpool::detail::describe_worker(index, *pid));
       }));
     }
   }

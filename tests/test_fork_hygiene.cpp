@@ -32,8 +32,8 @@ namespace {
 /// duplicated into the child. Runs in an isolated helper, since it redirects fd 1.
 int unflushed_output_is_written_once(StdoutCapture::Kind kind) {
   StdoutCapture capture(kind);
-  std::printf("before\n");          // deliberately not flushed
-  std::cout << "cout-before\n";     // deliberately not flushed
+  std::printf("before\n");       // deliberately not flushed
+  std::cout << "cout-before\n";  // deliberately not flushed
   procpool::Process p{[] { std::printf("child\n"); }};
   p.start();
   p.join();
@@ -63,7 +63,8 @@ std::string read_trace() {
   std::string out;
   char buf[256];
   off_t at = 0;
-  for (ssize_t n; (n = ::pread(g_trace_fd, buf, sizeof buf, at)) > 0; at += n) out.append(buf, static_cast<std::size_t>(n));
+  for (ssize_t n; (n = ::pread(g_trace_fd, buf, sizeof buf, at)) > 0; at += n)
+    out.append(buf, static_cast<std::size_t>(n));
   return out;
 }
 
@@ -306,11 +307,12 @@ TEST_CASE("A busy background thread in the parent does not hang the children") {
   bool all_finished = true;
   for (int i = 0; i < 20; ++i) {
     procpool::Process p{[](int n) {
-      std::vector<std::string> v(100, std::string(500, 'v'));
-      char line[64];
-      std::snprintf(line, sizeof line, "%d", n);
-      return std::string(line) + std::to_string(v.size());
-    }, i};
+                          std::vector<std::string> v(100, std::string(500, 'v'));
+                          char line[64];
+                          std::snprintf(line, sizeof line, "%d", n);
+                          return std::string(line) + std::to_string(v.size());
+                        },
+                        i};
     p.start();
     if (!p.join_for(10s)) {
       all_finished = false;

@@ -17,9 +17,7 @@ namespace {
 
 struct NotFormattable {};
 
-procpool::Outcome<int> failed(const std::string& what) {
-  return std::make_exception_ptr(std::runtime_error(what));
-}
+procpool::Outcome<int> failed(const std::string& what) { return std::make_exception_ptr(std::runtime_error(what)); }
 
 }  // namespace
 

@@ -122,7 +122,9 @@ TEST_CASE("a lambda capturing pointers to globals changed after the pool started
 
   const int* offset = &g_offset;
   const std::vector<std::string>* names = &g_names;
-  const auto f = [offset, names](int i) { return (*names)[static_cast<std::size_t>(i)] + "+" + std::to_string(*offset); };
+  const auto f = [offset, names](int i) {
+    return (*names)[static_cast<std::size_t>(i)] + "+" + std::to_string(*offset);
+  };
   const auto out = pool.map(f, std::vector{0, 3, 1});
   CHECK(out == std::vector<std::string>{"zero+1000", "three+1000", "one+1000"});
   CHECK(pool.submit(f, 2).get() == "two+1000");
@@ -181,4 +183,3 @@ TEST_CASE("a lambda capturing a std::string works through map and submit and ima
   CHECK(pool.worker_pids().size() == 2);
   CHECK(pool.map(triple, std::vector{2}) == std::vector<int>{6});
 }
-

@@ -10,9 +10,9 @@
 #include <chrono>
 #include <cstdint>
 #include <fstream>
+#include <iterator>
 #include <optional>
 #include <procpool/pool.hpp>
-#include <iterator>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -227,9 +227,11 @@ TEST_CASE("an argument whose encoding throws fails the call with that exception,
   auto future = pool.submit(unsendable, Unsendable{7});
   CHECK_THROWS_AS(future.get(), Refused);
   std::vector<int> streamed;
-  CHECK_THROWS_AS([&] {
-    for (int v : pool.imap(unsendable, items, with_chunk(1))) streamed.push_back(v);
-  }(), Refused);
+  CHECK_THROWS_AS(
+      [&] {
+        for (int v : pool.imap(unsendable, items, with_chunk(1))) streamed.push_back(v);
+      }(),
+      Refused);
   for (std::size_t i = 0; i < streamed.size(); ++i) CHECK(streamed[i] == static_cast<int>(i) * 2);
   CHECK(pool.map(square, iota_vector(10)) == squares(10));
 }
@@ -344,9 +346,9 @@ TEST_CASE("a lambda capturing only plain values runs in the persistent workers")
   // Two full words, no padding: padding bytes may hold leftover stack addresses, which count.
   std::int64_t k = 4;  // not const: a constant would need no capture
   double scale = 2.5;
-  const auto ran_in =
-      pool.map([k, scale](int x) { return static_cast<int>(x * k) * static_cast<int>(scale) + static_cast<int>(::getpid()); },
-               std::vector{0, 0, 0});
+  const auto ran_in = pool.map(
+      [k, scale](int x) { return static_cast<int>(x * k) * static_cast<int>(scale) + static_cast<int>(::getpid()); },
+      std::vector{0, 0, 0});
   for (int pid : ran_in) CHECK(std::find(pids.begin(), pids.end(), pid) != pids.end());
 }
 
@@ -405,9 +407,11 @@ TEST_CASE("a progress callback that calls into its own pool fails its call with 
   procpool::Pool pool{two_workers()};
   procpool::MapOptions options;
   options.on_progress = [&pool](std::size_t, std::size_t) { (void)pool.map(square, std::vector{1}); };
-  CHECK_THROWS_WITH(pool.map(square, iota_vector(10), options), Contains("callbacks must not call into their own pool"));
+  CHECK_THROWS_WITH(pool.map(square, iota_vector(10), options),
+                    Contains("callbacks must not call into their own pool"));
   options.on_progress = [&pool](std::size_t, std::size_t) { (void)pool.submit(square, 1); };
-  CHECK_THROWS_WITH(pool.map(square, iota_vector(10), options), Contains("callbacks must not call into their own pool"));
+  CHECK_THROWS_WITH(pool.map(square, iota_vector(10), options),
+                    Contains("callbacks must not call into their own pool"));
   CHECK(pool.map(square, iota_vector(10)) == squares(10));
 }
 

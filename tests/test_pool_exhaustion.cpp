@@ -62,7 +62,6 @@ using procpool_test::with_workers;
 
 namespace {
 
-
 std::string lowercase(std::string s) {
   for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return s;
@@ -174,7 +173,8 @@ std::optional<std::string> crash_outcome_problem(const procpool::Outcome<long>& 
   try {
     std::rethrow_exception(o.error());
   } catch (const procpool::ProcessError& e) {
-    if (e.exitcode() != -SIGSEGV) return "item 0 failed with exitcode " + std::to_string(e.exitcode()) + ": " + e.what();
+    if (e.exitcode() != -SIGSEGV)
+      return "item 0 failed with exitcode " + std::to_string(e.exitcode()) + ": " + e.what();
     return std::nullopt;
   } catch (const std::exception& e) {
     return std::string("item 0 failed with something other than a ProcessError: ") + e.what();
@@ -183,8 +183,8 @@ std::optional<std::string> crash_outcome_problem(const procpool::Outcome<long>& 
 
 /// Checks the other items: with a surviving worker they all succeed; with none, each fails with
 /// procpool::Error (not ProcessError or RemoteError) whose message contains every one of `words`.
-std::optional<std::string> other_outcomes_problem(const std::vector<procpool::Outcome<long>>& outcomes, bool must_succeed,
-                                                  const std::vector<std::string>& words) {
+std::optional<std::string> other_outcomes_problem(const std::vector<procpool::Outcome<long>>& outcomes,
+                                                  bool must_succeed, const std::vector<std::string>& words) {
   for (std::size_t i = 1; i < outcomes.size(); ++i) {
     const auto& o = outcomes[i];
     const std::string item = "item " + std::to_string(i) + ": ";
@@ -215,7 +215,6 @@ std::optional<std::string> other_outcomes_problem(const std::vector<procpool::Ou
   }
   return std::nullopt;
 }
-
 
 // ---- RLIMIT_NPROC ---------------------------------------------------------------------------
 
@@ -278,7 +277,8 @@ int respawn_under_nproc(std::size_t workers) {
     return fail(8, "expected " + std::to_string(exact + 1) + " tasks of the uid, counted " + std::to_string(at_limit));
   if (outcomes.size() != 40) return fail(9, "try_map returned " + std::to_string(outcomes.size()) + " outcomes");
   if (const auto problem = crash_outcome_problem(outcomes[0])) return fail(10, *problem);
-  if (const auto problem = other_outcomes_problem(outcomes, workers > 1, {"no worker could be started", "RLIMIT_NPROC"}))
+  if (const auto problem =
+          other_outcomes_problem(outcomes, workers > 1, {"no worker could be started", "RLIMIT_NPROC"}))
     return fail(11, *problem);
   if (live_during != workers - 1)
     return fail(12, std::to_string(live_during) + " workers alive while the process limit was reached");
@@ -293,9 +293,9 @@ int respawn_under_nproc(std::size_t workers) {
 
 /// How far RLIMIT_NOFILE is lowered while a worker crashes.
 enum class NofileLimit {
-  at_lowest_free,   // to the lowest descriptor number the pool holds: no new descriptor can open
-  below_pool_fds,   // to 3, below the descriptors the pool already holds (poll() refuses a set
-                    // larger than the limit, even of open descriptors)
+  at_lowest_free,  // to the lowest descriptor number the pool holds: no new descriptor can open
+  below_pool_fds,  // to 3, below the descriptors the pool already holds (poll() refuses a set
+                   // larger than the limit, even of open descriptors)
 };
 
 /// A pool whose parent cannot receive a replacement worker's socket: RLIMIT_NOFILE is lowered,
@@ -329,7 +329,8 @@ int respawn_under_nofile(std::size_t workers, NofileLimit how) {
 
     if (outcomes.size() != 40) return fail(4, "try_map returned " + std::to_string(outcomes.size()) + " outcomes");
     if (const auto problem = crash_outcome_problem(outcomes[0])) return fail(5, *problem);
-    if (const auto problem = other_outcomes_problem(outcomes, workers > 1, {"no worker could be started", "RLIMIT_NOFILE"}))
+    if (const auto problem =
+            other_outcomes_problem(outcomes, workers > 1, {"no worker could be started", "RLIMIT_NOFILE"}))
       return fail(6, *problem);
     if (live_during != workers - 1)
       return fail(7, std::to_string(live_during) + " workers alive while no descriptor could be opened");
@@ -524,8 +525,10 @@ TEST_CASE("a result too large for the parent's address space (RLIMIT_AS) fails w
       for (std::size_t i = 0; code == 0 && i < outcomes.size(); ++i) {
         const auto& o = outcomes[i];
         if (i == 2) {
-          if (o.has_value()) code = fail(5, "the 512 MiB result arrived although it cannot fit");
-          else if (const auto problem = check_item_two(o.error())) code = fail(6, "item 2 failed with " + *problem);
+          if (o.has_value())
+            code = fail(5, "the 512 MiB result arrived although it cannot fit");
+          else if (const auto problem = check_item_two(o.error()))
+            code = fail(6, "item 2 failed with " + *problem);
         } else if (o.has_value()) {
           if (o.value() != std::to_string(i)) code = fail(7, "item " + std::to_string(i) + " has a wrong value");
         } else if (const auto problem = check_item_two(o.error())) {
@@ -567,7 +570,8 @@ TEST_CASE("a result too large for the parent's address space (RLIMIT_AS) fails w
       code = fail(13, std::string("the pool threw: ") + e.what());
     }
     ::setrlimit(RLIMIT_AS, &*old);
-    if (code == 0 && pool.map(square, iota_vector(50)) != squares(50)) code = fail(14, "a map after the limit was lifted was wrong");
+    if (code == 0 && pool.map(square, iota_vector(50)) != squares(50))
+      code = fail(14, "a map after the limit was lifted was wrong");
     return code;
   });
   INFO(procpool_test::describe_status(status));

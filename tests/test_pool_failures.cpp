@@ -62,8 +62,8 @@ enum class Ending { segfault, abort, exit3, self_sigkill, throws };
 /// ending, a crashing item writes its worker's pid to `report_fd` (when >= 0). Trivially
 /// copyable, so it travels to the workers as its bytes.
 struct FailAt {
-  int bad = -1;     // the item that fails ...
-  int every = 0;    // ... or, when > 0, every item with index % every == bad
+  int bad = -1;   // the item that fails ...
+  int every = 0;  // ... or, when > 0, every item with index % every == bad
   Ending how = Ending::segfault;
   int report_fd = -1;
 
@@ -76,18 +76,14 @@ struct FailAt {
       (void)!::write(report_fd, &pid, sizeof pid);
     }
     switch (how) {
-      case Ending::segfault:
-        die_by_signal(SIGSEGV);
-      case Ending::abort:
-        die_by_signal(SIGABRT);
-      case Ending::exit3:
-        std::exit(3);
+      case Ending::segfault: die_by_signal(SIGSEGV);
+      case Ending::abort: die_by_signal(SIGABRT);
+      case Ending::exit3: std::exit(3);
       case Ending::self_sigkill:
         ::kill(::getpid(), SIGKILL);
         ::pause();
         ::_exit(98);
-      case Ending::throws:
-        throw procpool_failures::Boom("bad item " + std::to_string(i));
+      case Ending::throws: throw procpool_failures::Boom("bad item " + std::to_string(i));
     }
     return -1;
   }

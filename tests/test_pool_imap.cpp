@@ -229,9 +229,7 @@ TEST_CASE("breaking out of an imap loop early does not hang and the pool stays u
 TEST_CASE("destroying imap results early whether started or not leaves the pool usable") {
   procpool::Pool pool{two_workers()};
   const std::vector<int> in = iota_vector(20'000);
-  {
-    auto never_started = pool.imap(square, in, with_chunk(7));
-  }
+  { auto never_started = pool.imap(square, in, with_chunk(7)); }
   {
     auto unordered = pool.imap_unordered(square, in, with_chunk(7));
     auto it = unordered.begin();

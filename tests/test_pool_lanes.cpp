@@ -33,7 +33,8 @@ constexpr std::size_t kMiB = 1024 * kKiB;
 /// item, or shifted, or stale, never compare equal.
 Bytes pattern(int item, std::size_t size) {
   Bytes b(size);
-  for (std::size_t j = 0; j < size; ++j) b[j] = static_cast<std::uint8_t>((j * 131 + static_cast<std::size_t>(item) * 7 + j / 4096) & 0xFF);
+  for (std::size_t j = 0; j < size; ++j)
+    b[j] = static_cast<std::uint8_t>((j * 131 + static_cast<std::size_t>(item) * 7 + j / 4096) & 0xFF);
   return b;
 }
 
@@ -128,7 +129,8 @@ TEST_CASE("every large item's result arrives intact while two chunks per worker 
 TEST_CASE("payloads around the size from which they take a lane arrive intact") {
   procpool::Pool pool{two_workers()};
   std::vector<Bytes> in;
-  for (const std::size_t size : {64 * kKiB - 64, 64 * kKiB - 9, 64 * kKiB - 8, 64 * kKiB, 64 * kKiB + 1, 64 * kKiB + 4096})
+  for (const std::size_t size :
+       {64 * kKiB - 64, 64 * kKiB - 9, 64 * kKiB - 8, 64 * kKiB, 64 * kKiB + 1, 64 * kKiB + 4096})
     in.push_back(pattern(static_cast<int>(size % 251), size));
   check_all_transformed(in, pool.map(transformed, in, with_chunk(1)));
   check_all_transformed(in, pool.map(transformed, in));

@@ -155,11 +155,11 @@ TEST_CASE("with pin_cpus each worker is pinned to one allowed CPU, round-robin o
   std::multiset<int> pinned;
   for (const auto& [pid, masks] : by_pid) {
     INFO("worker pid " << pid);
-    REQUIRE(masks.size() == 1);          // the same mask for every item of a worker
+    REQUIRE(masks.size() == 1);  // the same mask for every item of a worker
     const auto& cpus = *masks.begin();
-    REQUIRE(cpus.size() == 1);           // exactly one CPU
+    REQUIRE(cpus.size() == 1);  // exactly one CPU
     pinned.insert(cpus[0]);
-    CHECK(affinity_of(pid) == cpus);     // the parent sees the same
+    CHECK(affinity_of(pid) == cpus);  // the parent sees the same
   }
   std::multiset<int> expected;
   for (std::size_t i = 0; i < workers; ++i) expected.insert(allowed[i % allowed.size()]);
@@ -225,7 +225,7 @@ TEST_CASE("max_tasks_per_worker replaces a worker after it ran that many items")
 }
 
 namespace {
-int g_initializer_runs = 0;     // in each worker: how often the initializer ran there
+int g_initializer_runs = 0;       // in each worker: how often the initializer ran there
 char g_initializer_log[64] = {};  // a file every initializer run appends its pid to
 
 std::pair<int, int> pid_and_initializer_runs(int) { return {::getpid(), g_initializer_runs}; }
@@ -259,9 +259,9 @@ TEST_CASE("the initializer runs exactly once in each worker, before its first ta
   std::multiset<int> logged;
   for (int pid; log >> pid;) logged.insert(pid);
   ::unlink(g_initializer_log);
-  for (const int pid : logged) CHECK(logged.count(pid) == 1);  // once per worker
+  for (const int pid : logged) CHECK(logged.count(pid) == 1);     // once per worker
   for (const int pid : task_pids) CHECK(logged.count(pid) == 1);  // every worker that ran tasks ran it
-  CHECK(task_pids.size() >= 5);  // 40 items, at most 8 per worker
+  CHECK(task_pids.size() >= 5);                                   // 40 items, at most 8 per worker
 }
 
 TEST_CASE("after close() submit and map throw procpool::Error, while work submitted before still completes") {

@@ -75,7 +75,10 @@ void check_in_order(procpool::Pool& pool, int n, procpool::MapOptions options) {
 TEST_CASE("map of the README example returns the squares in order") {
   // The spelling of the options, designated initializers without `initializer`: this must
   // build warning-free under -Wall -Wextra -Werror (PROCPOOL_WARNINGS_AS_ERRORS).
-  procpool::Pool pool{procpool::PoolOptions{.workers = 2, .pin_cpus = true, .chunk_size = 0, .max_tasks_per_worker = 0,
+  procpool::Pool pool{procpool::PoolOptions{.workers = 2,
+                                            .pin_cpus = true,
+                                            .chunk_size = 0,
+                                            .max_tasks_per_worker = 0,
                                             .task_timeout = std::chrono::milliseconds{0}}};
   const std::vector<int> sq = pool.map(square, std::vector{1, 2, 3, 4, 5});
   CHECK(sq == std::vector<int>{1, 4, 9, 16, 25});

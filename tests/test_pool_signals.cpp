@@ -50,7 +50,6 @@ using procpool_test::zombie_children;
 
 namespace {
 
-
 /// Squares, except that items with i % 10 == 5 segfault.
 long square_or_segfault(int i) {
   if (i % 10 == 5) die_by_signal(SIGSEGV);
@@ -120,8 +119,9 @@ std::vector<std::string> dispositions() {
       out.push_back(std::to_string(sig) + ": sigaction failed");
       continue;
     }
-    std::string d = std::to_string(sig) + ": handler " + std::to_string(reinterpret_cast<std::uintptr_t>(sa.sa_handler)) +
-                    ", flags " + std::to_string(sa.sa_flags) + ", mask ";
+    std::string d = std::to_string(sig) + ": handler " +
+                    std::to_string(reinterpret_cast<std::uintptr_t>(sa.sa_handler)) + ", flags " +
+                    std::to_string(sa.sa_flags) + ", mask ";
     for (int s = 1; s < NSIG; ++s) d += sigismember(&sa.sa_mask, s) == 1 ? '1' : '0';
     out.push_back(d);
   }
@@ -129,7 +129,8 @@ std::vector<std::string> dispositions() {
 }
 
 /// The first signal whose disposition differs, in words, or nullopt.
-std::optional<std::string> first_difference(const std::vector<std::string>& before, const std::vector<std::string>& after) {
+std::optional<std::string> first_difference(const std::vector<std::string>& before,
+                                            const std::vector<std::string>& after) {
   for (std::size_t k = 0; k < std::min(before.size(), after.size()); ++k)
     if (before[k] != after[k]) return "before: " + before[k] + "; after: " + after[k];
   if (before.size() != after.size()) return std::string("a different number of signals");
@@ -254,15 +255,18 @@ TEST_CASE("a storm of signals interrupting every system call changes no result o
       const auto big_out = pool.map(shifted, big, with_chunk(1));
       if (big_out.size() != big.size()) return fail(2, "map of 1 MiB strings returned the wrong number of results");
       for (std::size_t k = 0; k < big.size(); ++k)
-        if (big_out[k] != shifted(big[k])) return fail(3, "map of 1 MiB strings: result " + std::to_string(k) + " is wrong");
+        if (big_out[k] != shifted(big[k]))
+          return fail(3, "map of 1 MiB strings: result " + std::to_string(k) + " is wrong");
 
       // Submits, many at once and one by one.
       std::vector<procpool::Future<long>> futures;
       for (int i = 0; i < 200; ++i) futures.push_back(pool.submit(square, i));
       for (int i = 0; i < 200; ++i)
-        if (futures[static_cast<std::size_t>(i)].get() != square(i)) return fail(4, "submit " + std::to_string(i) + " was wrong");
+        if (futures[static_cast<std::size_t>(i)].get() != square(i))
+          return fail(4, "submit " + std::to_string(i) + " was wrong");
       for (int i = 0; i < 20; ++i)
-        if (pool.submit(shifted, big[static_cast<std::size_t>(i) % big.size()]).get() != big_out[static_cast<std::size_t>(i) % big.size()])
+        if (pool.submit(shifted, big[static_cast<std::size_t>(i) % big.size()]).get() !=
+            big_out[static_cast<std::size_t>(i) % big.size()])
           return fail(5, "a submit of a 1 MiB string was wrong");
 
       // imap, in order.
@@ -288,21 +292,25 @@ TEST_CASE("a storm of signals interrupting every system call changes no result o
         } else if (i == 5 || i == 6) {
           const int want = i == 5 ? -SIGSEGV : -SIGABRT;
           if (o.has_value() || process_error_exitcode(o.error()) != want)
-            code = fail(9, item + "not a ProcessError " + std::to_string(want) + (o.has_value() ? "" : ": " + what_of(o.error())));
+            code = fail(9, item + "not a ProcessError " + std::to_string(want) +
+                               (o.has_value() ? "" : ": " + what_of(o.error())));
         } else if (!o.has_value()) {
           code = fail(10, item + "failed: " + what_of(o.error()));
         } else if (o.value() != square(i)) {
           code = fail(11, item + "wrong value");
         }
       }
-      if (code == 0 && pool.map(square, iota_vector(1000)) != squares(1000)) code = fail(12, "the map after the timeout was wrong");
+      if (code == 0 && pool.map(square, iota_vector(1000)) != squares(1000))
+        code = fail(12, "the map after the timeout was wrong");
     }
     storm.stop();
     // Proof that the storm reached the calls above (the work takes over 300 ms, a signal each
     // millisecond, and more): low bounds, since pending signals of one kind coalesce, and under
     // ThreadSanitizer, which delays their delivery, they coalesce much more.
-    if (code == 0 && g_alarms < 10) code = fail(13, "too few SIGALRMs arrived for a storm: " + std::to_string(g_alarms.load()));
-    if (code == 0 && g_usr1 < 100) code = fail(14, "too few SIGUSR1s arrived for a storm: " + std::to_string(g_usr1.load()));
+    if (code == 0 && g_alarms < 10)
+      code = fail(13, "too few SIGALRMs arrived for a storm: " + std::to_string(g_alarms.load()));
+    if (code == 0 && g_usr1 < 100)
+      code = fail(14, "too few SIGUSR1s arrived for a storm: " + std::to_string(g_usr1.load()));
     return code;
   });
   INFO(procpool_test::describe_status(status));
@@ -359,7 +367,8 @@ TEST_CASE("the caller's own children ending during a map, with its SIGCHLD handl
       }
       handshake.release();
       const auto outcomes = map.get();
-      if (code == 0 && reaped_ok != 20) code = fail(5, "only " + std::to_string(reaped_ok) + " of 20 children were reaped by their own waitpid");
+      if (code == 0 && reaped_ok != 20)
+        code = fail(5, "only " + std::to_string(reaped_ok) + " of 20 children were reaped by their own waitpid");
       for (int i = 0; i < 200 && code == 0; ++i) {
         const auto& o = outcomes[static_cast<std::size_t>(i)];
         if (i % 10 == 5) {
@@ -375,7 +384,9 @@ TEST_CASE("the caller's own children ending during a map, with its SIGCHLD handl
     for (std::size_t k = 0; k < early.size() && code == 0; ++k) {
       int child_status = 0;
       const pid_t r = ::waitpid(early[k], &child_status, WNOHANG);
-      if (r != early[k]) code = fail(9, "early child " + std::to_string(k) + " was reaped by someone else (waitpid: " + std::to_string(r) + ")");
+      if (r != early[k])
+        code = fail(
+            9, "early child " + std::to_string(k) + " was reaped by someone else (waitpid: " + std::to_string(r) + ")");
       else if (!WIFEXITED(child_status) || WEXITSTATUS(child_status) != 40 + static_cast<int>(k))
         code = fail(10, "early child " + std::to_string(k) + " has the wrong status");
     }
@@ -439,7 +450,8 @@ TEST_CASE("pools install no signal handler: every disposition and the thread's m
     }
     {
       procpool::Pool pool(with_workers(1));
-      if (pool.map(square_or_segfault, iota_vector(5)) != squares(5)) return fail(9, "a gracefully destroyed pool's map was wrong");
+      if (pool.map(square_or_segfault, iota_vector(5)) != squares(5))
+        return fail(9, "a gracefully destroyed pool's map was wrong");
     }
     if (const auto d = first_difference(before, dispositions())) return fail(10, "after destruction: " + *d);
     if (thread_mask() != mask_before) return fail(11, "the mask changed after destruction");
@@ -504,7 +516,8 @@ TEST_CASE("a caller that ignores SIGCHLD can still use a Pool, whose crashed ite
         if (o.has_value()) return fail(3, item + "the crash has a value");
         const auto code = process_error_exitcode(o.error());
         if (!code) return fail(4, item + "not a ProcessError: " + what_of(o.error()));
-        if (*code != -SIGSEGV) return fail(5, item + "exitcode " + std::to_string(*code) + " rather than -11: " + what_of(o.error()));
+        if (*code != -SIGSEGV)
+          return fail(5, item + "exitcode " + std::to_string(*code) + " rather than -11: " + what_of(o.error()));
       }
       if (pool.map(square, iota_vector(1000)) != squares(1000)) return fail(6, "a map after the crashes was wrong");
     }

@@ -88,9 +88,11 @@ TEST_CASE("a void task runs before its Future's get() returns") {
 
 TEST_CASE("a void task that throws makes get() throw RemoteError") {
   procpool::Pool pool{two_workers()};
-  procpool::Future<void> f = pool.submit([](int x) {
-    if (x > 0) throw std::runtime_error("void task failed");
-  }, 1);
+  procpool::Future<void> f = pool.submit(
+      [](int x) {
+        if (x > 0) throw std::runtime_error("void task failed");
+      },
+      1);
   try {
     f.get();
     FAIL("get() did not throw");
@@ -105,7 +107,8 @@ TEST_CASE("10k submits followed by 10k gets all give the right results") {
   constexpr int kN = 10'000;
   std::vector<procpool::Future<long>> futures;
   futures.reserve(kN);
-  for (int i = 0; i < kN; ++i) futures.push_back(pool.submit([](int a, long b) { return a * 3 + b; }, i, long{i} * 1000));
+  for (int i = 0; i < kN; ++i)
+    futures.push_back(pool.submit([](int a, long b) { return a * 3 + b; }, i, long{i} * 1000));
   std::size_t wrong = 0;
   for (int i = 0; i < kN; ++i)
     if (futures[static_cast<std::size_t>(i)].get() != long{i} * 1003) ++wrong;

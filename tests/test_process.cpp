@@ -206,8 +206,8 @@ TEST_CASE("The child sees the parent's memory as of start() and its changes do n
   std::vector<int>* shared = heap.get();
   procpool::Process p{[shared] {
     const int seen = g_counter * 100 + static_cast<int>(shared->size());
-    g_counter = 99;           // the child's copy only
-    shared->assign(10, -1);   // the child's copy of the heap only
+    g_counter = 99;          // the child's copy only
+    shared->assign(10, -1);  // the child's copy of the heap only
     return seen;
   }};
   g_counter = 2;  // after construction, before start(): the child must see this value
@@ -570,10 +570,12 @@ TEST_CASE("Four Process<void> fit in one std::vector and all run") {
   const int write_end = p[1];
   std::vector<procpool::Process<void>> ps;
   for (int i = 1; i <= 4; ++i)
-    ps.emplace_back([write_end](int n) {
-      const char c = static_cast<char>('0' + n);
-      (void)::write(write_end, &c, 1);
-    }, i);
+    ps.emplace_back(
+        [write_end](int n) {
+          const char c = static_cast<char>('0' + n);
+          (void)::write(write_end, &c, 1);
+        },
+        i);
   for (auto& proc : ps) proc.start();
   for (auto& proc : ps) proc.join();
   ::close(write_end);
@@ -697,7 +699,9 @@ TEST_CASE("No descriptor and no child process remain after a started Process is 
 
 TEST_CASE("A Process never started leaves no descriptor and no child") {
   const int fds_before = open_fd_count();
-  { procpool::Process p{[] { return 1; }}; }
+  {
+    procpool::Process p{[] { return 1; }};
+  }
   CHECK(open_fd_count() == fds_before);
   CHECK(child_pids().empty());
 }
@@ -754,7 +758,10 @@ TEST_CASE("SIGPIPE is never raised in the parent and its disposition and the mas
     big.kill();
     big.join();
     // A child whose Process is destroyed at once.
-    { procpool::Process<int> dropped{[] { return 3; }}; dropped.start(); }
+    {
+      procpool::Process<int> dropped{[] { return 3; }};
+      dropped.start();
+    }
     // An ordinary one.
     procpool::Process ok{[] { return 1; }};
     ok.start();
@@ -783,12 +790,14 @@ TEST_CASE("Interrupted system calls (EINTR) are retried: a 1 ms SIGALRM without 
     constexpr std::size_t size = 4'000'000;
     std::vector<procpool::Process<std::string>> ps;
     for (int i = 0; i < 4; ++i)
-      ps.emplace_back([](int n) {
-        std::this_thread::sleep_for(50ms);
-        std::string s(size, static_cast<char>('a' + n));
-        s.back() = '!';
-        return s;
-      }, i);
+      ps.emplace_back(
+          [](int n) {
+            std::this_thread::sleep_for(50ms);
+            std::string s(size, static_cast<char>('a' + n));
+            s.back() = '!';
+            return s;
+          },
+          i);
     for (auto& p : ps) p.start();
     int code = 0;
     for (int i = 0; i < 4 && code == 0; ++i) {
@@ -807,9 +816,9 @@ TEST_CASE("Interrupted system calls (EINTR) are retried: a 1 ms SIGALRM without 
     if (code == 0 && waiting.join_for(60ms)) code = procpool_test::fail(2, "join_for did not time out");
     const auto waited = std::chrono::steady_clock::now() - before;
     if (code == 0 && (waited < 60ms || waited > 1s))
-      code = procpool_test::fail(3, "join_for(60ms) waited " +
-                                        std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(waited).count()) +
-                                        " ms");
+      code = procpool_test::fail(
+          3, "join_for(60ms) waited " +
+                 std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(waited).count()) + " ms");
     gate.open();
     waiting.join();
 

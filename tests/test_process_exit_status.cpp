@@ -218,7 +218,8 @@ TEST_CASE("With SIGCHLD ignored, a crashed child reports SIGSEGV where the kerne
     p.start();
     if (!wait_until_reaped_elsewhere(p.pid())) return fail(1, "the kernel never reaped the child");
     const int expected = kept ? -11 : procpool::exitcode_unknown;
-    if (p.exitcode() != expected) return fail(2, "exitcode() is " + exitcode_text(p) + ", not " + std::to_string(expected));
+    if (p.exitcode() != expected)
+      return fail(2, "exitcode() is " + exitcode_text(p) + ", not " + std::to_string(expected));
     if (p.is_alive()) return fail(3, "is_alive() after the child ended");
     const auto [message, code] = process_error_of(p);
     if (code != expected) return fail(4, "the ProcessError's exitcode is not " + std::to_string(expected));

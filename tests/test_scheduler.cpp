@@ -94,7 +94,8 @@ class FakeTransport final : public Transport {
       procpool::decode(d, v);
       s.items.push_back(v);
     }
-    if (d.remaining() != 0) protocol_errors.push_back(fmt::format("chunk {}: {} bytes after its items", id, d.remaining()));
+    if (d.remaining() != 0)
+      protocol_errors.push_back(fmt::format("chunk {}: {} bytes after its items", id, d.remaining()));
     s.skip = c.skip;
     s.idle = idle;
     if (!held.insert({w, id}).second) protocol_errors.push_back(fmt::format("chunk {} sent twice to worker {}", id, w));
@@ -128,7 +129,7 @@ class FakeTransport final : public Transport {
   }
 
   std::vector<Sent> sent;
-  std::vector<std::deque<Sent>> inbox;  // per worker: chunks not answered yet, oldest first
+  std::vector<std::deque<Sent>> inbox;                   // per worker: chunks not answered yet, oldest first
   std::set<std::pair<std::size_t, std::uint64_t>> held;  // (worker, chunk) sent and not released
   std::vector<std::string> protocol_errors;              // misuse of the Transport interface
   std::vector<std::size_t> retired, killed, replaced;
@@ -267,7 +268,8 @@ struct Rig {
     sched.add(b, sched.register_job(0x1000 + job_key, {}));
     return b;
   }
-  std::shared_ptr<IntBatch> add_ints(std::size_t n, std::size_t chunk = 0, int first = 100, std::uintptr_t job_key = 1) {
+  std::shared_ptr<IntBatch> add_ints(std::size_t n, std::size_t chunk = 0, int first = 100,
+                                     std::uintptr_t job_key = 1) {
     return add(std::make_shared<IntBatch>(n, first, chunk), job_key);
   }
 
@@ -515,7 +517,7 @@ TEST_CASE("a DenseBatch's MapOptions chunk_size sets its chunks, and its values 
   procpool::MapOptions options;
   options.chunk_size = 3;
   const auto b = rig.add(std::make_shared<procpool::detail::DenseBatch<It, It, int, int>>(input.begin(), input.end(),
-                                                                                       input.size(), options));
+                                                                                          input.size(), options));
   rig.run_to_end();
   CHECK(rig.transport.sizes() == std::vector<std::size_t>{3, 3, 3, 1});
   REQUIRE(b->finished());

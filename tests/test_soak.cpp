@@ -76,22 +76,15 @@ int g_kill_requests[2] = {-1, -1};
 
 std::int64_t task(std::int64_t i) {
   switch (fault_of(static_cast<std::uint64_t>(i))) {
-    case Fault::none:
-      return i * i + 7;
+    case Fault::none: return i * i + 7;
     case Fault::segfault:
       ::signal(SIGSEGV, SIG_DFL);  // a sanitizer's handler would turn the signal into an exit code
       ::raise(SIGSEGV);
       break;
-    case Fault::abort_call:
-      ::signal(SIGABRT, SIG_DFL);
-      std::abort();
-    case Fault::exit_call:
-      std::exit(3);
-    case Fault::exception:
-      throw std::invalid_argument("item " + std::to_string(i) + " is invalid");
-    case Fault::timeout:
-      std::this_thread::sleep_for(std::chrono::seconds(30));
-      break;
+    case Fault::abort_call: ::signal(SIGABRT, SIG_DFL); std::abort();
+    case Fault::exit_call: std::exit(3);
+    case Fault::exception: throw std::invalid_argument("item " + std::to_string(i) + " is invalid");
+    case Fault::timeout: std::this_thread::sleep_for(std::chrono::seconds(30)); break;
     case Fault::external_kill: {
       const pid_t self = ::getpid();
       (void)!::write(g_kill_requests[1], &self, sizeof self);
@@ -160,20 +153,11 @@ TEST_CASE("A soak of tasks with 1% random faults reports every fault with its ca
         const std::string what = e.what();
         REQUIRE(what.find("item " + std::to_string(i)) != std::string::npos);
         switch (fault) {
-          case Fault::segfault:
-            REQUIRE(e.exitcode() == -SIGSEGV);
-            break;
-          case Fault::abort_call:
-            REQUIRE(e.exitcode() == -SIGABRT);
-            break;
-          case Fault::exit_call:
-            REQUIRE(e.exitcode() == 3);
-            break;
-          case Fault::external_kill:
-            REQUIRE(e.exitcode() == -SIGKILL);
-            break;
-          default:
-            FAIL("a ProcessError for an item whose fault is not a death: " << what);
+          case Fault::segfault: REQUIRE(e.exitcode() == -SIGSEGV); break;
+          case Fault::abort_call: REQUIRE(e.exitcode() == -SIGABRT); break;
+          case Fault::exit_call: REQUIRE(e.exitcode() == 3); break;
+          case Fault::external_kill: REQUIRE(e.exitcode() == -SIGKILL); break;
+          default: FAIL("a ProcessError for an item whose fault is not a death: " << what);
         }
       }
     }
@@ -184,8 +168,8 @@ TEST_CASE("A soak of tasks with 1% random faults reports every fault with its ca
   ::close(g_kill_requests[1]);
 
   // Every kind of fault occurred (at the CI size too), and nothing is left behind.
-  for (const Fault f : {Fault::segfault, Fault::abort_call, Fault::exit_call, Fault::exception, Fault::timeout,
-                        Fault::external_kill})
+  for (const Fault f :
+       {Fault::segfault, Fault::abort_call, Fault::exit_call, Fault::exception, Fault::timeout, Fault::external_kill})
     CHECK(seen[f] > 0);
   CHECK(procpool_test::child_pids().empty());
   CHECK(procpool_test::open_fd_count() == fds_before - 2);

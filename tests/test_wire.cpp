@@ -9,9 +9,9 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstddef>
 #include <cstdint>
-#include <csignal>
 #include <cstring>
 #include <memory>
 #include <optional>
@@ -298,7 +298,8 @@ TEST_CASE("every truncation of a chunk header is rejected as too short", "[wire]
     INFO("payload of " << len << " bytes");
     const std::vector<std::byte> cut(whole.payload.begin(), whole.payload.begin() + static_cast<std::ptrdiff_t>(len));
     const FrameHeader h{FrameKind::chunk, 0, 1, len};
-    CHECK_THAT(rejection([&] { (void)procpool::detail::parse_chunk(h, cut); }), Catch::Contains("too short for its header"));
+    CHECK_THAT(rejection([&] { (void)procpool::detail::parse_chunk(h, cut); }),
+               Catch::Contains("too short for its header"));
   }
 }
 
@@ -615,12 +616,8 @@ TEST_CASE("a worker sent a malformed frame ends with the protocol_error exit cod
     procpool::detail::append_chunk_head(out, 3, 77, 1, {}, kNoLane, 0, items.size());
     out.append(items.data(), items.size());
   }
-  SECTION("a job frame naming no runner") {
-    procpool::detail::append_job_frame(out, 1, 0, {});
-  }
-  SECTION("a frame of a kind only workers send") {
-    procpool::detail::append_ready_frame(out);
-  }
+  SECTION("a job frame naming no runner") { procpool::detail::append_job_frame(out, 1, 0, {}); }
+  SECTION("a frame of a kind only workers send") { procpool::detail::append_ready_frame(out); }
   SECTION("a frame claiming an absurd length") {
     const FrameHeader h{FrameKind::chunk, 0, 1, procpool::detail::kMaxFrameLength + 1};
     out.append(&h, sizeof h);

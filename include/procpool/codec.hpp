@@ -68,7 +68,7 @@ struct DecoderAccess;
 }
 
 [[noreturn, gnu::cold, gnu::noinline]] inline void throw_truncated(std::size_t wanted, std::size_t position,
-                                                                     std::size_t remaining) {
+                                                                   std::size_t remaining) {
   throw_decode_error(
       fmt::format("truncated input (needed {} bytes at offset {}, {} remain)", wanted, position, remaining));
 }
@@ -205,7 +205,7 @@ class Decoder {
   }
 
   [[noreturn, gnu::cold, gnu::noinline]] void bad_count(std::uint64_t n, std::size_t at,
-                                                         std::size_t min_element_size) const {
+                                                        std::size_t min_element_size) const {
     if (min_element_size == 0) {
       detail::throw_decode_error(
           fmt::format("count {} at offset {} exceeds the limit of {}", n, at, detail::kMaxUnsizedCount));
@@ -220,8 +220,8 @@ class Decoder {
   const std::byte* data_;
   std::size_t size_;
   std::size_t pos_ = 0;
-  std::size_t depth_ = 0;              // nesting of user-defined types
-  std::size_t reserve_budget_;         // bytes left for speculative reserve()
+  std::size_t depth_ = 0;             // nesting of user-defined types
+  std::size_t reserve_budget_;        // bytes left for speculative reserve()
   std::uint64_t empty_elements_ = 0;  // container elements decoded from zero bytes
 };
 
@@ -331,6 +331,7 @@ enum class Kind { none, pointer, user_codec, member, adl, builtin, trivial };
 
 template <class T>
 consteval Kind kind_of() {
+  // NOLINTNEXTLINE(bugprone-branch-clone): compile-time dispatch; several tests yield Kind::none
   if constexpr (std::is_void_v<T> || std::is_reference_v<T> || std::is_function_v<T>) {
     return Kind::none;
   } else if constexpr (has_user_codec<T>) {
@@ -357,8 +358,7 @@ constexpr std::size_t sat_add(std::size_t a, std::size_t b) noexcept {
   return a > std::numeric_limits<std::size_t>::max() - b ? std::numeric_limits<std::size_t>::max() : a + b;
 }
 constexpr std::size_t sat_mul(std::size_t a, std::size_t b) noexcept {
-  return (a != 0 && b > std::numeric_limits<std::size_t>::max() / a) ? std::numeric_limits<std::size_t>::max()
-                                                                     : a * b;
+  return (a != 0 && b > std::numeric_limits<std::size_t>::max() / a) ? std::numeric_limits<std::size_t>::max() : a * b;
 }
 
 template <class T>
@@ -397,7 +397,7 @@ inline constexpr bool is_bitwise_codec_v = bitwise_of<std::remove_cv_t<T>>();
 
 /// True iff values of T can be encoded and decoded in place.
 template <class T>
-concept Encodable = detail::kind_v<T> != detail::Kind::none && detail::kind_v<T> != detail::Kind::pointer;
+concept Encodable = (detail::kind_v<T> != detail::Kind::none) && (detail::kind_v<T> != detail::Kind::pointer);
 
 namespace detail {
 
@@ -489,9 +489,8 @@ struct BuiltinCodec<T> : builtin_traits<true, std::is_same_v<T, bool> ? 1 : size
 
 template <class T>
   requires std::is_enum_v<T>
-struct BuiltinCodec<T>
-    : builtin_traits<true, BuiltinCodec<std::underlying_type_t<T>>::min_size,
-                     BuiltinCodec<std::underlying_type_t<T>>::bitwise> {
+struct BuiltinCodec<T> : builtin_traits<true, BuiltinCodec<std::underlying_type_t<T>>::min_size,
+                                        BuiltinCodec<std::underlying_type_t<T>>::bitwise> {
   using U = std::underlying_type_t<T>;
   static void encode(Encoder& e, const T& v) { BuiltinCodec<U>::encode(e, static_cast<U>(v)); }
   static void decode(Decoder& d, T& out) {
@@ -505,8 +504,8 @@ struct BuiltinCodec<T>
 
 template <>
 struct BuiltinCodec<std::monostate> : builtin_traits<true, 0> {
-  static void encode(Encoder&, const std::monostate&) {}
-  static void decode(Decoder&, std::monostate&) {}
+  static void encode(Encoder& /*e*/, const std::monostate& /*v*/) {}
+  static void decode(Decoder& /*d*/, std::monostate& /*v*/) {}
 };
 
 template <class Rep, class Period>
@@ -572,22 +571,21 @@ struct BuiltinCodec<std::variant<Ts...>>
     const std::size_t at = d.position();
     const std::uint64_t index = d.read_varint();
     if (index >= sizeof...(Ts)) [[unlikely]] {
-      throw_decode_error(fmt::format("variant index {} at offset {} is out of range ({} alternatives)", index, at,
-                                     sizeof...(Ts)));
+      throw_decode_error(
+          fmt::format("variant index {} at offset {} is out of range ({} alternatives)", index, at, sizeof...(Ts)));
     }
     decode_alternative(d, out, static_cast<std::size_t>(index), std::index_sequence_for<Ts...>{});
   }
 
  private:
   template <std::size_t... I>
-  static void encode_alternative(Encoder& e, const V& v, std::index_sequence<I...>) {
+  static void encode_alternative(Encoder& e, const V& v, std::index_sequence<I...> /*indices*/) {
     const std::size_t index = v.index();
     (void)((index == I ? (encode_value(e, *std::get_if<I>(&v)), true) : false) || ...);
   }
   template <std::size_t... I>
-  static void decode_alternative(Decoder& d, V& out, std::size_t index, std::index_sequence<I...>) {
-    (void)((index == I ? (out.template emplace<I>(), decode_value(d, *std::get_if<I>(&out)), true) : false) ||
-           ...);
+  static void decode_alternative(Decoder& d, V& out, std::size_t index, std::index_sequence<I...> /*indices*/) {
+    (void)((index == I ? (out.template emplace<I>(), decode_value(d, *std::get_if<I>(&out)), true) : false) || ...);
   }
 };
 
@@ -605,7 +603,8 @@ struct BuiltinCodec<std::pair<A, B>>
 };
 
 template <class... Ts>
-struct BuiltinCodec<std::tuple<Ts...>> : builtin_traits<(Encodable<Ts> && ...), (std::size_t{0} + ... + min_size_v<Ts>)> {
+struct BuiltinCodec<std::tuple<Ts...>>
+    : builtin_traits<(Encodable<Ts> && ...), (std::size_t{0} + ... + min_size_v<Ts>)> {
   static void encode(Encoder& e, const std::tuple<Ts...>& v) {
     std::apply([&e](const auto&... xs) { (encode_value(e, xs), ...); }, v);
   }
@@ -807,7 +806,7 @@ void decode_set(Decoder& d, S& out) {
 }
 
 template <class K, class V>
-inline constexpr bool map_ok = DecodableElement<K> && DecodableElement<V>;
+inline constexpr bool map_ok = (DecodableElement<K> && DecodableElement<V>);
 
 template <class K, class V, class C, class A>
 struct BuiltinCodec<std::map<K, V, C, A>> : builtin_traits<map_ok<K, V>, 1> {
@@ -908,14 +907,14 @@ inline constexpr bool dependent_false = false;
 }  // namespace detail
 
 // The two diagnostics of encode()/decode() (macros: static_assert needs a string literal).
-#define PROCPOOL_DETAIL_POINTER_MESSAGE                                                                       \
-  "procpool: pointers do not travel between processes (an address means nothing in another process's "      \
+#define PROCPOOL_DETAIL_POINTER_MESSAGE                                                                      \
+  "procpool: pointers do not travel between processes (an address means nothing in another process's "       \
   "memory); encode the pointee instead. std::string_view, std::span and std::reference_wrapper are refused " \
   "for the same reason: use std::string, std::vector or the value itself."
-#define PROCPOOL_DETAIL_NOT_ENCODABLE_MESSAGE                                                                 \
+#define PROCPOOL_DETAIL_NOT_ENCODABLE_MESSAGE                                                                \
   "procpool: T (named in the instantiation note) is not encodable. Fix: add a member "                       \
   "`template <class Archive> void serialize(Archive& ar) { ar(field1, field2); }`, or a free "               \
-  "`template <class Archive> void serialize(Archive& ar, T& v)` in T's namespace (found by ADL), or "       \
+  "`template <class Archive> void serialize(Archive& ar, T& v)` in T's namespace (found by ADL), or "        \
   "specialise `template <> struct procpool::Codec<T> { static void encode(procpool::Encoder&, const T&); "   \
   "static void decode(procpool::Decoder&, T&); };`. Elements of containers, std::optional and std::variant " \
   "must themselves be encodable and default-initialisable."
@@ -977,8 +976,8 @@ template <class T>
   Decoder d(bytes);
   T v = procpool::decode_as<T>(d);
   if (d.remaining() != 0) [[unlikely]] {
-    detail::throw_decode_error(fmt::format("{} trailing bytes after the value (decoded {} of {} bytes)",
-                                           d.remaining(), d.position(), bytes.size()));
+    detail::throw_decode_error(fmt::format("{} trailing bytes after the value (decoded {} of {} bytes)", d.remaining(),
+                                           d.position(), bytes.size()));
   }
   return v;
 }

@@ -46,12 +46,12 @@ class ImapResults {
       return *this;
     }
     void operator++(int) { ++*this; }
-    friend bool operator==(const iterator& it, std::default_sentinel_t) { return it.at_end(); }
+    friend bool operator==(const iterator& it, std::default_sentinel_t /*end*/) { return it.at_end(); }
 
    private:
     friend class ImapResults;
     explicit iterator(ImapResults* owner) : owner_(owner) {}
-    const Outcome<Out>& current() const { return *owner_->current_; }
+    [[nodiscard]] const Outcome<Out>& current() const { return *owner_->current_; }
     [[nodiscard]] bool at_end() const { return !owner_->current_.has_value(); }
     ImapResults* owner_ = nullptr;
   };
@@ -72,7 +72,7 @@ class ImapResults {
     }
     return iterator(this);
   }
-  std::default_sentinel_t end() const noexcept { return {}; }
+  [[nodiscard]] std::default_sentinel_t end() const noexcept { return {}; }
 
   /// The next outcome, or nullopt at the end: the non-throwing way to consume results. Use
   /// either this or the iterators on one ImapResults, not both.

@@ -112,7 +112,7 @@ class TaskBatch : public Batch {
  public:
   /// The outcome: the value, or the task's failure rethrown. Called once, after it settled.
   virtual R take() = 0;
-  [[nodiscard]] std::string describe(std::size_t) const override { return "the submitted task"; }
+  [[nodiscard]] std::string describe(std::size_t /*index*/) const override { return "the submitted task"; }
 };
 
 /// A batch whose outcomes are handed out one by one as they arrive (imap).

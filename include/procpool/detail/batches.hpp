@@ -162,8 +162,11 @@ class StreamRangeBatch final : public StreamBatch<Out> {
  public:
   StreamRangeBatch(std::shared_ptr<void> owned_range, It first, Sent last, std::optional<std::size_t> size,
                    MapOptions options, bool ordered, std::size_t workers)
-      : owned_range_(std::move(owned_range)), source_(std::move(first), std::move(last)),
-        options_(std::move(options)), ordered_(ordered), workers_(workers) {
+      : owned_range_(std::move(owned_range)),
+        source_(std::move(first), std::move(last)),
+        options_(std::move(options)),
+        ordered_(ordered),
+        workers_(workers) {
     this->set_chunk_size(options_.chunk_size);
     if (size) this->set_known_total(*size);
   }
@@ -250,21 +253,21 @@ class SubmitBatch final : public TaskBatch<R> {
  public:
   explicit SubmitBatch(Args args) : args_(std::move(args)) { this->set_known_total(1); }
 
-  std::size_t encode_next(std::size_t max_items, std::size_t, Buffer& out) override {
+  std::size_t encode_next(std::size_t max_items, std::size_t /*max_bytes*/, Buffer& out) override {
     if (max_items == 0 || sent_) return 0;
     Encoder e(out);
     encode(e, args_);
     sent_ = true;
     return 1;
   }
-  void accept_value(std::size_t, Decoder& in) override {
+  void accept_value(std::size_t /*index*/, Decoder& in) override {
     if constexpr (!std::is_void_v<R>) {
       R v{};
       decode(in, v);
       value_.emplace(std::move(v));
     }
   }
-  void accept_error(std::size_t, std::exception_ptr error) override { error_ = std::move(error); }
+  void accept_error(std::size_t /*index*/, std::exception_ptr error) override { error_ = std::move(error); }
 
   R take() override {
     if (this->caller_error()) std::rethrow_exception(this->caller_error());
@@ -276,7 +279,8 @@ class SubmitBatch final : public TaskBatch<R> {
   struct Nothing {};
   Args args_;
   bool sent_ = false;
-  std::conditional_t<std::is_void_v<R>, Nothing, std::optional<std::conditional_t<std::is_void_v<R>, Nothing, R>>> value_{};
+  std::conditional_t<std::is_void_v<R>, Nothing, std::optional<std::conditional_t<std::is_void_v<R>, Nothing, R>>>
+      value_{};
   std::exception_ptr error_;
 };
 

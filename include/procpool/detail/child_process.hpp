@@ -92,6 +92,9 @@ inline constexpr std::uint64_t kPidfdInfoExit = std::uint64_t{1} << 3;
 /// copyable: a handle is the one owner of its pidfd.
 class ProcessHandle {
  public:
+  ProcessHandle(const ProcessHandle&) = delete;
+  ProcessHandle& operator=(const ProcessHandle&) = delete;
+
   /// The process id, or -1 for an empty handle (default-constructed or moved from). Still the
   /// process's id once its status is known, for messages (the number may belong to another
   /// process by then: never signal it).
@@ -154,8 +157,6 @@ class ProcessHandle {
     }
     return *this;
   }
-  ProcessHandle(const ProcessHandle&) = delete;
-  ProcessHandle& operator=(const ProcessHandle&) = delete;
   ~ProcessHandle() = default;
 
   /// The status is known: keep it, and close the pidfd (it has nothing more to tell).

@@ -16,8 +16,8 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <initializer_list>
 #include <cstring>
+#include <initializer_list>
 #include <string>
 #include <utility>
 
@@ -131,8 +131,7 @@ inline void set_nonblocking(int fd, bool on) {
   const int flags = ::fcntl(fd, F_GETFL);
   if (flags < 0) throw SystemError("procpool: fcntl(F_GETFL) failed", errno);
   const int wanted = on ? (flags | O_NONBLOCK) : (flags & ~O_NONBLOCK);
-  if (wanted != flags && ::fcntl(fd, F_SETFL, wanted) != 0)
-    throw SystemError("procpool: fcntl(F_SETFL) failed", errno);
+  if (wanted != flags && ::fcntl(fd, F_SETFL, wanted) != 0) throw SystemError("procpool: fcntl(F_SETFL) failed", errno);
 }
 
 /// Writes all n bytes to a blocking fd, retrying EINTR and short writes.

@@ -15,8 +15,8 @@
 
 #include <cerrno>
 #include <chrono>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <initializer_list>
 #include <ostream>
@@ -29,6 +29,7 @@
 #include "fd.hpp"
 #include "messages.hpp"
 
+// NOLINTNEXTLINE(bugprone-reserved-identifier): gcov's own flush function, declared weak to call it if linked
 extern "C" void __gcov_dump(void) __attribute__((weak));
 
 namespace procpool::detail {
@@ -213,8 +214,7 @@ template <class ChildMain>
   }
   pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
   if (pid < 0) {
-    const char* cause = fork_errno == EAGAIN
-                            ? " (the process limit RLIMIT_NPROC or the system's pid limit is reached)"
+    const char* cause = fork_errno == EAGAIN ? " (the process limit RLIMIT_NPROC or the system's pid limit is reached)"
                         : fork_errno == ENOMEM ? " (out of memory)"
                                                : "";
     throw SystemError(fmt::format("procpool: cannot fork a child process{}", cause), fork_errno);
@@ -229,8 +229,7 @@ template <class ChildMain>
 /// in the child before the child has restored the caller's signal mask; the library's descriptors
 /// other than `keep_fds` are closed in the child.
 template <class ChildMain>
-[[nodiscard]] pid_t fork_child(ChildMain&& child_main, std::initializer_list<int> keep_fds,
-                               ForkOptions options = {}) {
+[[nodiscard]] pid_t fork_child(ChildMain&& child_main, std::initializer_list<int> keep_fds, ForkOptions options = {}) {
   return fork_child_impl(std::forward<ChildMain>(child_main), keep_fds, options, false).release();
 }
 

@@ -146,8 +146,7 @@ namespace procpool::detail {
 /// (the item's name follows): "procpool::Pool: worker 1 (pid 4242) was killed by signal 9 (SIGKILL)
 /// three times while handling the chunk holding ".
 [[nodiscard]] inline std::string chunk_deaths_prefix(std::string_view who, std::string_view worker, int exitcode) {
-  return fmt::format("{}: {} {} three times while handling the chunk holding ", who, worker,
-                     describe_ending(exitcode));
+  return fmt::format("{}: {} {} three times while handling the chunk holding ", who, worker, describe_ending(exitcode));
 }
 
 }  // namespace procpool::detail

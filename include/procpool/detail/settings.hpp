@@ -27,9 +27,9 @@ namespace procpool::detail {
 }
 
 struct Settings {
-  std::size_t workers = 1;            // resolved: never 0
-  std::vector<int> cpus;              // worker i is pinned to cpus[i % size]; empty: not pinned
-  std::size_t chunk_size = 0;         // 0: automatic
+  std::size_t workers = 1;     // resolved: never 0
+  std::vector<int> cpus;       // worker i is pinned to cpus[i % size]; empty: not pinned
+  std::size_t chunk_size = 0;  // 0: automatic
   std::size_t max_tasks_per_worker = 0;
   std::chrono::nanoseconds task_timeout{0};  // 0: none
   std::function<void()> initializer;

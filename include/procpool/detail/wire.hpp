@@ -50,12 +50,10 @@ enum class Sender { parent, worker };
     case FrameKind::job:
     case FrameKind::chunk:
     case FrameKind::shutdown:
-    case FrameKind::wake:
-      return from == Sender::parent;
+    case FrameKind::wake: return from == Sender::parent;
     case FrameKind::ready:
     case FrameKind::init_failed:
-    case FrameKind::results:
-      return from == Sender::worker;
+    case FrameKind::results: return from == Sender::worker;
   }
   return false;
 }
@@ -98,7 +96,7 @@ struct ResultsHeader {
   std::uint32_t failed_count;   // (u32 local index, RemoteException) pairs that follow
   std::uint64_t failures_size;  // bytes of the failure records
   std::uint64_t compute_ns;     // time spent running the chunk's items, for chunk sizing
-  std::uint64_t lane_bytes;     // > 0: the values are the first lane_bytes of the chunk's results lane, not in the frame
+  std::uint64_t lane_bytes;  // > 0: the values are the first lane_bytes of the chunk's results lane, not in the frame
 };
 static_assert(sizeof(ResultsHeader) == 32);
 static_assert(std::is_trivially_copyable_v<FrameHeader> && std::is_trivially_copyable_v<ChunkHeader> &&
@@ -200,8 +198,8 @@ inline void append_chunk_head(Buffer& out, std::uint64_t chunk_id, std::uint64_t
 /// records in ascending index order. `lane_bytes` > 0: the values are the first lane_bytes of the
 /// chunk's results lane, and `inline_values_bytes` must be 0.
 inline void append_results_head(Buffer& out, std::uint64_t chunk_id, std::uint32_t count, std::uint32_t failed_count,
-                                std::span<const std::byte> failures, std::uint64_t compute_ns,
-                                std::uint64_t lane_bytes, std::size_t inline_values_bytes) {
+                                std::span<const std::byte> failures, std::uint64_t compute_ns, std::uint64_t lane_bytes,
+                                std::size_t inline_values_bytes) {
   const ResultsHeader rh{count, failed_count, failures.size(), compute_ns, lane_bytes};
   const FrameHeader h{FrameKind::results, 0, chunk_id, sizeof rh + failures.size() + inline_values_bytes};
   std::byte* p = out.grow(sizeof h + sizeof rh + failures.size());
@@ -277,10 +275,10 @@ class SkipIndices {
 struct ParsedChunk {
   std::uint64_t chunk_id = 0;
   std::uint64_t job_id = 0;
-  std::uint32_t count = 0;      // items in the chunk
-  SkipIndices skip;             // ascending, each < count: decoded but not run
-  std::uint32_t lane = kNoLane;  // < the lane count given to parse_chunk, or kNoLane
-  std::uint64_t lane_bytes = 0;  // > 0: the items are the first lane_bytes of lane `lane`'s items lane
+  std::uint32_t count = 0;           // items in the chunk
+  SkipIndices skip;                  // ascending, each < count: decoded but not run
+  std::uint32_t lane = kNoLane;      // < the lane count given to parse_chunk, or kNoLane
+  std::uint64_t lane_bytes = 0;      // > 0: the items are the first lane_bytes of lane `lane`'s items lane
   std::span<const std::byte> items;  // the encoded items in the frame; empty if lane_bytes > 0
 };
 
@@ -360,7 +358,8 @@ struct ParsedResults {
   d.read_bytes(&out.header, sizeof out.header);
   const ResultsHeader& h = out.header;
   if (h.count != count) throw DecodeError(fmt::format("procpool: results for {} items, expected {}", h.count, count));
-  if (h.failed_count > count || h.failures_size > d.remaining()) throw DecodeError("procpool: inconsistent results header");
+  if (h.failed_count > count || h.failures_size > d.remaining())
+    throw DecodeError("procpool: inconsistent results header");
   Decoder failures(d.take(static_cast<std::size_t>(h.failures_size)));
   out.failed.reserve(h.failed_count);
   for (std::uint32_t k = 0; k < h.failed_count; ++k) {
