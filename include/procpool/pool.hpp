@@ -1,4 +1,5 @@
-// procpool::Pool: persistent, pinned worker processes with map / try_map / imap / submit.
+// procpool::Pool: persistent, pinned worker processes with map / try_map / imap / starmap / submit;
+// procpool::cpu_count().
 #pragma once
 
 #include <algorithm>
@@ -9,6 +10,7 @@
 #include <iterator>
 #include <memory>
 #include <optional>
+#include <ranges>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -35,6 +37,114 @@ namespace detail {
 
 template <class F, class In>
 using map_result_t = std::remove_cvref_t<std::invoke_result_t<F&, In&>>;
+
+/// The type an input item travels as: the range's value type (what a worker decodes and passes
+/// to the callable as an lvalue).
+template <class Range>
+using range_item_t = std::ranges::range_value_t<Range&>;
+
+/// A tuple-like item (std::tuple, std::pair, std::array): what starmap spreads into arguments.
+template <class T>
+concept TupleLike = requires {
+  std::tuple_size<std::remove_cvref_t<T>>::value;
+};
+
+template <class F, class Tuple, std::size_t... I>
+constexpr bool applicable_with(std::index_sequence<I...>) {
+  return std::is_invocable_v<F, decltype(std::get<I>(std::declval<Tuple>()))...>;
+}
+
+/// std::apply(f, t) is well-formed.
+template <class F, class Tuple>
+concept Applicable = TupleLike<Tuple> &&
+    (applicable_with<F, Tuple>(std::make_index_sequence<std::tuple_size_v<std::remove_cvref_t<Tuple>>>{}));
+
+/// What the runner's call returns for an item (its value type, without references).
+template <class F, class In, CallStyle Style>
+using item_result_t = std::remove_cvref_t<call_result_t<F, In, Style>>;
+
+/// Why a map-like call cannot compile, found in an order that instantiates nothing that could
+/// fail first (no invoke_result of a callable that cannot take the item): the public functions
+/// turn it into a static_assert naming themselves, and compile nothing else.
+enum class CallProblem {
+  none,
+  not_a_range,
+  single_pass,
+  item_not_encodable,
+  item_not_default_constructible,
+  item_not_tuple,
+  not_invocable,
+  not_applicable,
+  returns_void,
+  result_not_encodable,
+  result_not_default_constructible,
+};
+
+/// `F` applied to the items of `Range` as `Style` says; `multi_pass`: the call iterates the range
+/// twice (it counts it first).
+template <class F, class Range, CallStyle Style, bool multi_pass>
+consteval CallProblem call_problem() {
+  using Fn = std::decay_t<F>;
+  if constexpr (!std::ranges::input_range<Range&>) {
+    return CallProblem::not_a_range;
+  } else {
+    using In = range_item_t<Range>;
+    if constexpr (multi_pass && !std::ranges::forward_range<Range&>) {
+      return CallProblem::single_pass;
+    } else if constexpr (!Encodable<In>) {
+      return CallProblem::item_not_encodable;
+    } else if constexpr (!std::default_initializable<In>) {
+      return CallProblem::item_not_default_constructible;
+    } else if constexpr (Style == CallStyle::apply && !TupleLike<In>) {
+      return CallProblem::item_not_tuple;
+    } else if constexpr (Style == CallStyle::apply && !Applicable<Fn&, In&>) {
+      return CallProblem::not_applicable;
+    } else if constexpr (Style == CallStyle::invoke && !std::invocable<Fn&, In&>) {
+      return CallProblem::not_invocable;
+    } else if constexpr (std::is_void_v<call_result_t<Fn, In, Style>>) {
+      return CallProblem::returns_void;
+    } else if constexpr (!Encodable<item_result_t<Fn, In, Style>>) {
+      return CallProblem::result_not_encodable;
+    } else if constexpr (!std::default_initializable<item_result_t<Fn, In, Style>>) {
+      return CallProblem::result_not_default_constructible;
+    } else {
+      return CallProblem::none;
+    }
+  }
+}
+
+// The static_asserts of a map-like call, each naming the public function `NAME` (a string
+// literal) and, for a single-pass input, its lazy counterpart `LAZY`. Exactly one fires when
+// `problem` is not CallProblem::none: the call's first error says what to change.
+#define PROCPOOL_DETAIL_CHECK_CALL(problem, NAME, LAZY)                                                            \
+  static_assert((problem) != ::procpool::detail::CallProblem::not_a_range,                                         \
+                "procpool::Pool::" NAME ": the inputs must be a range (a container or a view: anything "           \
+                "std::ranges::begin and std::ranges::end accept; a std::views::filter must not be const) or a "    \
+                "braced list");                                                                                    \
+  static_assert((problem) != ::procpool::detail::CallProblem::single_pass,                                         \
+                "procpool::Pool::" NAME " needs a multi-pass range; use " LAZY " for a single-pass input");        \
+  static_assert((problem) != ::procpool::detail::CallProblem::item_not_encodable,                                  \
+                "procpool::Pool::" NAME ": the input items must be encodable (see procpool/codec.hpp)");           \
+  static_assert((problem) != ::procpool::detail::CallProblem::item_not_default_constructible,                      \
+                "procpool::Pool::" NAME ": the input items must be default-constructible (a worker decodes each "  \
+                "item into a default-constructed value)");                                                         \
+  static_assert((problem) != ::procpool::detail::CallProblem::item_not_tuple,                                      \
+                "procpool::Pool::" NAME ": each input item must be a std::tuple, std::pair or std::array of the "  \
+                "callable's arguments (map and imap pass each item as one argument)");                             \
+  static_assert((problem) != ::procpool::detail::CallProblem::not_applicable,                                      \
+                "procpool::Pool::" NAME ": the callable cannot be called with the elements of an input item "      \
+                "(f(std::get<0>(item), std::get<1>(item), ...) with lvalues of the item's element types)");        \
+  static_assert((problem) != ::procpool::detail::CallProblem::not_invocable,                                       \
+                "procpool::Pool::" NAME ": the callable cannot be called with an input item (an lvalue of the "    \
+                "range's value type): change its parameter type, or the inputs");                                  \
+  static_assert((problem) != ::procpool::detail::CallProblem::returns_void,                                        \
+                "procpool::Pool::" NAME ": the callable returns void; " NAME " needs a result per item (return a " \
+                "value, or use submit for side effects)");                                                         \
+  static_assert((problem) != ::procpool::detail::CallProblem::result_not_encodable,                                \
+                "procpool::Pool::" NAME ": the callable's result must be encodable (see procpool/codec.hpp)");     \
+  static_assert((problem) != ::procpool::detail::CallProblem::result_not_default_constructible,                    \
+                "procpool::Pool::" NAME ": the callable's result type must be default-constructible (results are " \
+                "decoded into default-constructed values): give it a default constructor")
 
 /// Whether a callable that would travel to the workers as its bytes carries a pointer into memory
 /// that may have changed since the workers were forked (a `[&]` lambda, a captured `this`): its
@@ -63,6 +173,12 @@ struct CallThrough {
 
 }  // namespace detail
 
+/// The number of CPUs this process may run on: those in its affinity mask (sched_getaffinity), so
+/// `taskset` and cgroup cpusets are respected (a CPU quota, not being a mask, is not), where
+/// std::thread::hardware_concurrency() may count the machine's. At least 1. Pool() starts this
+/// many workers (as does a PoolOptions with `workers` 0).
+[[nodiscard]] inline std::size_t cpu_count() { return std::max<std::size_t>(1, detail::allowed_cpus().size()); }
+
 /// A fixed set of worker processes (Python's multiprocessing.Pool), forked once at construction
 /// and pinned one per CPU. Work is cut into chunks handed out dynamically; results come back in
 /// input order. A task that throws, crashes, exits or hangs past the timeout fails only its own
@@ -76,8 +192,8 @@ struct CallThrough {
 /// internally, and whichever thread waits drives the pool for everyone.
 class Pool {
  public:
-  /// One worker per CPU in the caller's affinity mask.
-  Pool() : Pool(PoolOptions{}) {}
+  /// One worker per CPU in the caller's affinity mask: cpu_count() workers.
+  Pool() : Pool(options_with_workers(cpu_count())) {}
   /// `workers` worker processes.
   explicit Pool(std::size_t workers) : Pool(options_with_workers(workers)) {}
   /// A pool set up by `options`.
@@ -104,11 +220,20 @@ class Pool {
   /// Applies `f` to every input in the workers; returns the results in input order. If items
   /// failed, throws the failure of the lowest-numbered one (RemoteError for an exception,
   /// ProcessError for a crash or exit, TimeoutError), after all items ran.
+  ///
+  /// `inputs`: any multi-pass range (a container, std::views::filter, std::views::iota(0) |
+  /// std::views::take(n), ...) or a braced list; a range that does not know its size is counted
+  /// first, by iterating it. Each item travels as the range's value type and is passed to `f` as
+  /// an lvalue.
   template <class F, class Range>
-  [[nodiscard]] auto map(F&& f, const Range& inputs, MapOptions options = {}) {
-    auto batch = run_dense(std::forward<F>(f), inputs, std::move(options));
-    std::lock_guard lock(core().mutex());
-    return batch->take_values();
+  [[nodiscard]] auto map(F&& f, Range&& inputs, MapOptions options = {}) {
+    constexpr auto problem = detail::call_problem<F, Range, detail::CallStyle::invoke, true>();
+    PROCPOOL_DETAIL_CHECK_CALL(problem, "map", "imap");
+    if constexpr (problem == detail::CallProblem::none) {
+      auto batch = run_dense<detail::CallStyle::invoke>(std::forward<F>(f), inputs, std::move(options));
+      std::lock_guard lock(core().mutex());
+      return batch->take_values();
+    }
   }
   /// map over a braced list: `pool.map(square, {1, 2, 3})`.
   template <class F, class T>
@@ -123,44 +248,132 @@ class Pool {
   /// and value-initialised elements where items failed. If the pool itself fails (it was shut
   /// down meanwhile, or fresh workers for the call could not start), `out` is left empty.
   template <class F, class Range, class Out>
-  void map_into(F&& f, const Range& inputs, std::vector<Out>& out, MapOptions options = {}) {
-    using std::begin;
-    using std::end;
-    using In = std::remove_cvref_t<decltype(*begin(inputs))>;
-    if constexpr (std::invocable<std::decay_t<F>&, In&>) {  // otherwise run_dense says what is wrong
+  void map_into(F&& f, Range&& inputs, std::vector<Out>& out, MapOptions options = {}) {
+    constexpr auto problem = detail::call_problem<F, Range, detail::CallStyle::invoke, true>();
+    PROCPOOL_DETAIL_CHECK_CALL(problem, "map_into", "imap");
+    if constexpr (problem == detail::CallProblem::none) {
+      using Inputs = std::remove_reference_t<Range>;
+      using In = detail::range_item_t<Inputs>;
       static_assert(std::is_same_v<Out, detail::map_result_t<std::decay_t<F>, In>>,
                     "procpool::Pool::map_into: `out` must be a std::vector of the callable's result type");
+      std::shared_ptr<detail::DenseBatch<std::ranges::iterator_t<Inputs>, std::ranges::sentinel_t<Inputs>, In, Out>>
+          batch;
+      try {
+        batch = run_dense<detail::CallStyle::invoke>(std::forward<F>(f), inputs, std::move(options), std::move(out));
+      } catch (...) {
+        out.clear();
+        throw;
+      }
+      std::lock_guard lock(core().mutex());
+      batch->take_values_into(out);
     }
-    std::shared_ptr<detail::DenseBatch<decltype(begin(inputs)), decltype(end(inputs)), In, Out>> batch;
-    try {
-      batch = run_dense(std::forward<F>(f), inputs, std::move(options), std::move(out));
-    } catch (...) {
-      out.clear();
-      throw;
-    }
-    std::lock_guard lock(core().mutex());
-    batch->take_values_into(out);
+  }
+  /// map_into over a braced list.
+  template <class F, class T, class Out>
+  void map_into(F&& f, std::initializer_list<T> inputs, std::vector<Out>& out, MapOptions options = {}) {
+    map_into(std::forward<F>(f), std::vector<T>(inputs), out, std::move(options));
   }
 
   /// Like map, but never throws for an item: every item's value or error, in input order.
   template <class F, class Range>
-  [[nodiscard]] auto try_map(F&& f, const Range& inputs, MapOptions options = {}) {
-    auto batch = run_dense(std::forward<F>(f), inputs, std::move(options));
-    std::lock_guard lock(core().mutex());
-    return batch->take_outcomes();
+  [[nodiscard]] auto try_map(F&& f, Range&& inputs, MapOptions options = {}) {
+    constexpr auto problem = detail::call_problem<F, Range, detail::CallStyle::invoke, true>();
+    PROCPOOL_DETAIL_CHECK_CALL(problem, "try_map", "imap");
+    if constexpr (problem == detail::CallProblem::none) {
+      auto batch = run_dense<detail::CallStyle::invoke>(std::forward<F>(f), inputs, std::move(options));
+      std::lock_guard lock(core().mutex());
+      return batch->take_outcomes();
+    }
+  }
+  /// try_map over a braced list.
+  template <class F, class T>
+  [[nodiscard]] auto try_map(F&& f, std::initializer_list<T> inputs, MapOptions options = {}) {
+    return try_map(std::forward<F>(f), std::vector<T>(inputs), std::move(options));
   }
 
   /// Lazily maps `f` over `inputs`, yielding results in input order as they become available.
-  /// An lvalue range must outlive the iteration; an rvalue range is kept by the result.
+  /// `inputs` may be single-pass (std::views::istream) or endless; it is iterated as results are
+  /// consumed. An lvalue range must outlive the iteration; an rvalue range (a view, a braced
+  /// list) is kept by the result.
   template <class F, class Range>
   [[nodiscard]] auto imap(F&& f, Range&& inputs, MapOptions options = {}) {
-    return make_stream(std::forward<F>(f), std::forward<Range>(inputs), std::move(options), /*ordered=*/true);
+    constexpr auto problem = detail::call_problem<F, Range, detail::CallStyle::invoke, false>();
+    PROCPOOL_DETAIL_CHECK_CALL(problem, "imap", "imap");
+    if constexpr (problem == detail::CallProblem::none)
+      return make_stream<detail::CallStyle::invoke>(std::forward<F>(f), std::forward<Range>(inputs), std::move(options),
+                                                    /*ordered=*/true);
+  }
+  /// imap over a braced list (copied into the result).
+  template <class F, class T>
+  [[nodiscard]] auto imap(F&& f, std::initializer_list<T> inputs, MapOptions options = {}) {
+    return imap(std::forward<F>(f), std::vector<T>(inputs), std::move(options));
   }
 
   /// Like imap, but yields results as they complete, whatever their input order.
   template <class F, class Range>
   [[nodiscard]] auto imap_unordered(F&& f, Range&& inputs, MapOptions options = {}) {
-    return make_stream(std::forward<F>(f), std::forward<Range>(inputs), std::move(options), /*ordered=*/false);
+    constexpr auto problem = detail::call_problem<F, Range, detail::CallStyle::invoke, false>();
+    PROCPOOL_DETAIL_CHECK_CALL(problem, "imap_unordered", "imap_unordered");
+    if constexpr (problem == detail::CallProblem::none)
+      return make_stream<detail::CallStyle::invoke>(std::forward<F>(f), std::forward<Range>(inputs), std::move(options),
+                                                    /*ordered=*/false);
+  }
+  /// imap_unordered over a braced list (copied into the result).
+  template <class F, class T>
+  [[nodiscard]] auto imap_unordered(F&& f, std::initializer_list<T> inputs, MapOptions options = {}) {
+    return imap_unordered(std::forward<F>(f), std::vector<T>(inputs), std::move(options));
+  }
+
+  /// Python's Pool.starmap: each input item is a std::tuple, std::pair or std::array of `f`'s
+  /// arguments, and `f(std::get<0>(item), std::get<1>(item), ...)` runs for it in the workers
+  /// (the elements as lvalues). Results come in input order; failures are thrown as by map.
+  /// `items`: as for map; a braced list needs typed items: `{std::pair{1, 2}, std::pair{3, 4}}`.
+  template <class F, class Range>
+  [[nodiscard]] auto starmap(F&& f, Range&& items, MapOptions options = {}) {
+    constexpr auto problem = detail::call_problem<F, Range, detail::CallStyle::apply, true>();
+    PROCPOOL_DETAIL_CHECK_CALL(problem, "starmap", "istarmap");
+    if constexpr (problem == detail::CallProblem::none) {
+      auto batch = run_dense<detail::CallStyle::apply>(std::forward<F>(f), items, std::move(options));
+      std::lock_guard lock(core().mutex());
+      return batch->take_values();
+    }
+  }
+  /// starmap over a braced list: `pool.starmap(add, {std::pair{1, 2}, std::pair{3, 4}})`.
+  template <class F, class T>
+  [[nodiscard]] auto starmap(F&& f, std::initializer_list<T> items, MapOptions options = {}) {
+    return starmap(std::forward<F>(f), std::vector<T>(items), std::move(options));
+  }
+
+  /// Like starmap, but never throws for an item: every item's value or error, in input order.
+  template <class F, class Range>
+  [[nodiscard]] auto try_starmap(F&& f, Range&& items, MapOptions options = {}) {
+    constexpr auto problem = detail::call_problem<F, Range, detail::CallStyle::apply, true>();
+    PROCPOOL_DETAIL_CHECK_CALL(problem, "try_starmap", "istarmap");
+    if constexpr (problem == detail::CallProblem::none) {
+      auto batch = run_dense<detail::CallStyle::apply>(std::forward<F>(f), items, std::move(options));
+      std::lock_guard lock(core().mutex());
+      return batch->take_outcomes();
+    }
+  }
+  /// try_starmap over a braced list.
+  template <class F, class T>
+  [[nodiscard]] auto try_starmap(F&& f, std::initializer_list<T> items, MapOptions options = {}) {
+    return try_starmap(std::forward<F>(f), std::vector<T>(items), std::move(options));
+  }
+
+  /// Lazy starmap, as imap is to map: results in input order as they become available.
+  template <class F, class Range>
+  [[nodiscard]] auto istarmap(F&& f, Range&& items, MapOptions options = {}) {
+    constexpr auto problem = detail::call_problem<F, Range, detail::CallStyle::apply, false>();
+    PROCPOOL_DETAIL_CHECK_CALL(problem, "istarmap", "istarmap");
+    if constexpr (problem == detail::CallProblem::none)
+      return make_stream<detail::CallStyle::apply>(std::forward<F>(f), std::forward<Range>(items), std::move(options),
+                                                   /*ordered=*/true);
+  }
+  /// istarmap over a braced list (copied into the result).
+  template <class F, class T>
+  [[nodiscard]] auto istarmap(F&& f, std::initializer_list<T> items, MapOptions options = {}) {
+    return istarmap(std::forward<F>(f), std::vector<T>(items), std::move(options));
   }
 
   /// Runs `f(args...)` in a worker; the Future gives its result.
@@ -170,7 +383,8 @@ class Pool {
     using Tuple = std::tuple<std::decay_t<Args>...>;
     static_assert(std::invocable<Fn&, std::decay_t<Args>&...>,
                   "procpool::Pool::submit: the callable cannot be called with these arguments");
-    static_assert(Encodable<Tuple>, "procpool::Pool::submit: every argument must be encodable (see procpool/codec.hpp)");
+    static_assert(Encodable<Tuple>,
+                  "procpool::Pool::submit: every argument must be encodable (see procpool/codec.hpp)");
     using R = std::remove_cvref_t<std::invoke_result_t<Fn&, std::decay_t<Args>&...>>;
     static_assert(std::is_void_v<R> || Encodable<R>,
                   "procpool::Pool::submit: the result type must be encodable (see procpool/codec.hpp)");
@@ -301,35 +515,20 @@ class Pool {
     return core.register_job(reinterpret_cast<std::uintptr_t>(&detail::Runner<Fn, In, Style>::make), bytes.view());
   }
 
-  template <class F, class In>
-  static constexpr void check_map_types() {
+  /// Runs a map-like call to completion (its types checked by call_problem). `storage`: the vector
+  /// to decode the results into (map_into).
+  template <detail::CallStyle Style, class F, class Range, class... Storage>
+  auto run_dense(F&& f, Range& inputs, MapOptions options, Storage&&... storage) {
     using Fn = std::decay_t<F>;
-    static_assert(Encodable<In>, "procpool::Pool::map: the input items must be encodable (see procpool/codec.hpp)");
-    static_assert(std::invocable<Fn&, In&>, "procpool::Pool::map: the callable cannot be called with an input item");
-    static_assert(!std::is_void_v<std::invoke_result_t<Fn&, In&>>,
-                  "procpool::Pool::map: the callable returns void; map needs a result per item (return a value, "
-                  "or use submit for side effects)");
-    static_assert(Encodable<detail::map_result_t<Fn, In>>,
-                  "procpool::Pool::map: the callable's result must be encodable (see procpool/codec.hpp)");
-  }
-
-  /// Runs a map to completion. `storage`: the vector to decode the results into (map_into).
-  template <class F, class Range, class... Storage>
-  auto run_dense(F&& f, const Range& inputs, MapOptions options, Storage&&... storage) {
-    using std::begin;
-    using std::end;
-    using Fn = std::decay_t<F>;
-    using It = decltype(begin(inputs));
-    using Sent = decltype(end(inputs));
-    using In = std::remove_cvref_t<decltype(*begin(inputs))>;
-    check_map_types<F, In>();
-    using Out = detail::map_result_t<Fn, In>;
-    static_assert(std::forward_iterator<It>,
-                  "procpool::Pool::map needs a multi-pass range; use imap for a single-pass input");
-    const auto size = static_cast<std::size_t>(std::distance(begin(inputs), end(inputs)));
-    Placement where = place<In, detail::CallStyle::invoke>(f, size);
-    auto batch = std::make_shared<detail::DenseBatch<It, Sent, In, Out>>(begin(inputs), end(inputs), size,
-                                                                          std::move(options), std::move(storage)...);
+    using In = detail::range_item_t<Range>;
+    using Out = detail::item_result_t<Fn, In, Style>;
+    using Dense = detail::DenseBatch<std::ranges::iterator_t<Range>, std::ranges::sentinel_t<Range>, In, Out>;
+    // A sized range gives its size; any other (std::views::filter, a take of an unbounded iota) is
+    // counted by iterating it, which a multi-pass range allows.
+    const auto size = static_cast<std::size_t>(std::ranges::distance(inputs));
+    Placement where = place<In, Style>(f, size);
+    auto batch = std::make_shared<Dense>(std::ranges::begin(inputs), std::ranges::end(inputs), size, std::move(options),
+                                         std::move(storage)...);
     where.core->add_batch(batch, where.job);
     const CallEnd end_of_call{where.core, batch, where.core != core_};
     where.core->wait_until([&] { return batch->settled(); });
@@ -337,29 +536,29 @@ class Pool {
     return batch;
   }
 
-  template <class F, class Range>
+  /// Starts a lazy call (its types checked by call_problem).
+  template <detail::CallStyle Style, class F, class Range>
   auto make_stream(F&& f, Range&& inputs, MapOptions options, bool ordered) {
     using Fn = std::decay_t<F>;
     using Stored = std::remove_cvref_t<Range>;
-    // An rvalue range is moved into shared storage that the results keep alive.
+    using Inputs = std::remove_reference_t<Range>;  // iterated as given: a const lvalue stays const
+    // An rvalue range (a view, a temporary container) is moved into shared storage that the
+    // results keep alive: the iterators the batch holds point into it.
     std::shared_ptr<Stored> owned;
-    const Stored* range = &inputs;
+    Inputs* range = &inputs;
     if constexpr (!std::is_lvalue_reference_v<Range>) {
       owned = std::make_shared<Stored>(std::move(inputs));
       range = owned.get();
     }
-    using std::begin;
-    using std::end;
-    using It = decltype(begin(*range));
-    using Sent = decltype(end(*range));
-    using In = std::remove_cvref_t<decltype(*begin(*range))>;
-    check_map_types<F, In>();
-    using Out = detail::map_result_t<Fn, In>;
+    using In = detail::range_item_t<Inputs>;
+    using Out = detail::item_result_t<Fn, In, Style>;
+    using Stream = detail::StreamRangeBatch<std::ranges::iterator_t<Inputs>, std::ranges::sentinel_t<Inputs>, In, Out>;
+    // Only a sized range is counted up front: another may be single-pass or endless.
     std::optional<std::size_t> size;
-    if constexpr (requires { std::size(*range); }) size = static_cast<std::size_t>(std::size(*range));
-    Placement where = place<In, detail::CallStyle::invoke>(f, size);
-    auto batch = std::make_shared<detail::StreamRangeBatch<It, Sent, In, Out>>(
-        std::move(owned), begin(*range), end(*range), size, std::move(options), ordered, size_hint());
+    if constexpr (std::ranges::sized_range<Inputs&>) size = static_cast<std::size_t>(std::ranges::size(*range));
+    Placement where = place<In, Style>(f, size);
+    auto batch = std::make_shared<Stream>(std::move(owned), std::ranges::begin(*range), std::ranges::end(*range), size,
+                                          std::move(options), ordered, size_hint());
     where.core->add_batch(batch, where.job);
     if (where.core != core_) core().adopt(where.core);
     return ImapResults<Out>(std::move(where.core), std::move(batch));
@@ -371,3 +570,5 @@ class Pool {
 };
 
 }  // namespace procpool
+
+#undef PROCPOOL_DETAIL_CHECK_CALL

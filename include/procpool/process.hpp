@@ -74,6 +74,28 @@ struct ProcessTaskFor final : ProcessTask<R> {
   std::tuple<Args...> args;
 };
 
+/// What class template argument deduction gives `Process{f, args...}` when `f` cannot be called
+/// with `args...`: a Process of this type, whose first static_assert says so (rather than a page
+/// of failed deduction candidates).
+template <class F, class... Args>
+struct ProcessNotCallable {};
+
+template <class R>
+inline constexpr bool is_process_not_callable_v = false;
+template <class F, class... Args>
+inline constexpr bool is_process_not_callable_v<ProcessNotCallable<F, Args...>> = true;
+
+/// The result type Process{f, args...} deduces.
+template <class F, class... Args>
+struct process_result {
+  using type = ProcessNotCallable<F, Args...>;
+};
+template <class F, class... Args>
+  requires std::invocable<F&, Args&...>
+struct process_result<F, Args...> {
+  using type = std::invoke_result_t<F&, Args&...>;
+};
+
 /// The ProcessError for a child that ended without a reply, from its exitcode (Python's
 /// convention, or exitcode_unknown). `who` names the child, e.g. "procpool::Process: the child
 /// process 1234".
@@ -105,7 +127,10 @@ struct ProcessTaskFor final : ProcessTask<R> {
 /// it might never finish.
 template <class R>
 class Process {
-  static_assert(std::is_void_v<R> || Encodable<R>,
+  static_assert(!detail::is_process_not_callable_v<R>,
+                "procpool::Process: the callable cannot be called with these arguments (the child calls "
+                "f(args...) with lvalue copies of the arguments): change the arguments or the callable's parameters");
+  static_assert(detail::is_process_not_callable_v<R> || std::is_void_v<R> || Encodable<R>,
                 "procpool::Process<R>: the result type R must be encodable to travel back from the child; "
                 "see procpool/codec.hpp (add a serialize member, an ADL serialize, or specialise procpool::Codec)");
 
@@ -320,6 +345,6 @@ class Process {
 };
 
 template <class F, class... Args>
-Process(F, Args...) -> Process<std::invoke_result_t<std::decay_t<F>&, std::decay_t<Args>&...>>;
+Process(F, Args...) -> Process<typename detail::process_result<std::decay_t<F>, std::decay_t<Args>...>::type>;
 
 }  // namespace procpool

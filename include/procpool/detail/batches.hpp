@@ -24,7 +24,10 @@
 
 namespace procpool::detail {
 
-/// Encodes a caller's input range item by item into chunks.
+/// Encodes a caller's input range item by item into chunks. `It` may be a move-only input iterator
+/// (std::views::istream) and `Sent` a sentinel of another type (std::views::take over an unbounded
+/// std::views::iota); each item is encoded as an `In` (the range's value type), converted from what
+/// the iterator gives (a proxy such as std::vector<bool>'s, or a prvalue) if need be.
 template <class It, class Sent, class In>
 class RangeSource {
  public:
@@ -33,7 +36,8 @@ class RangeSource {
   std::size_t encode(std::size_t max_items, std::size_t max_bytes, Buffer& out) {
     const std::size_t start = out.size();
     std::size_t n = 0;
-    if constexpr (std::contiguous_iterator<It> && std::same_as<It, Sent> && is_bitwise_codec_v<In>) {
+    if constexpr (std::contiguous_iterator<It> && std::sized_sentinel_for<Sent, It> &&
+                  std::same_as<std::iter_value_t<It>, In> && is_bitwise_codec_v<In>) {
       // Contiguous trivially-encoded inputs: one memcpy for the whole chunk.
       n = std::min<std::size_t>(max_items, static_cast<std::size_t>(end_ - it_));
       n = std::min(n, std::max<std::size_t>(1, max_bytes / sizeof(In)));
