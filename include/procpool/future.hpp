@@ -2,11 +2,8 @@
 #pragma once
 
 #include <chrono>
-#include <cstddef>
-#include <iterator>
 #include <memory>
 #include <mutex>
-#include <optional>
 #include <utility>
 
 #include "detail/batch.hpp"

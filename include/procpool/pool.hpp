@@ -2,8 +2,9 @@
 // procpool::cpu_count().
 #pragma once
 
+#include <unistd.h>
+
 #include <algorithm>
-#include <chrono>
 #include <concepts>
 #include <cstddef>
 #include <initializer_list>
@@ -11,7 +12,6 @@
 #include <memory>
 #include <optional>
 #include <ranges>
-#include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -21,8 +21,8 @@
 #include "detail/batches.hpp"
 #include "detail/closure_references.hpp"
 #include "detail/pool_core.hpp"
+#include "detail/runner.hpp"
 #include "detail/settings.hpp"
-#include "detail/worker.hpp"
 #include "error.hpp"
 #include "future.hpp"
 #include "imap_results.hpp"

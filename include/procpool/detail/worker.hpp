@@ -1,245 +1,39 @@
-// procpool::detail: what runs inside a pool worker: the job runners and the worker's main loop.
+// procpool::detail: what runs inside a pool worker: its main loop, which reads jobs and chunks from
+// the parent and hands them to the job runners (runner.hpp).
 #pragma once
 
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/uio.h>
-#include <time.h>
 // After a C library header, which defines __GLIBC__.
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif
 
+#include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
-#include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <functional>
 #include <memory>
-#include <new>
 #include <optional>
 #include <span>
-#include <tuple>
-#include <type_traits>
-#include <utility>
-#include <vector>
 
-#include "../codec.hpp"
+#include "../error.hpp"
 #include "buffer.hpp"
 #include "fd.hpp"
 #include "fork.hpp"
 #include "lanes.hpp"
 #include "remote_exception.hpp"
+#include "runner.hpp"
 #include "spin.hpp"
 #include "wire.hpp"
 
 namespace procpool::detail {
-
-/// What a worker publishes about itself in memory shared with the parent, so that when it dies the
-/// parent knows which item it was running, and can see how long the current item has been running.
-/// Written without any system call: a relaxed store per item.
-struct alignas(64) WorkerSlot {
-  std::atomic<std::uint64_t> chunk_id{0};  // 0 while not running items
-  std::atomic<std::uint32_t> item{0};      // local index in that chunk
-  std::atomic<std::int64_t> item_started_ns{0};  // CLOCK_MONOTONIC, written only when timeouts are on
-  std::atomic<std::uint32_t> initialized{0};     // 1 once the initializer returned (the timeout covers it)
-  // Bumped after every write on the worker's socket, by the parent (to_worker) and by the worker
-  // (to_parent). The waiting side spins on these loads, which cost nothing, instead of on system
-  // calls, and only then reads the socket.
-  alignas(64) std::atomic<std::uint64_t> to_worker{0};
-  alignas(64) std::atomic<std::uint64_t> to_parent{0};
-
-  // The mailbox: one small frame the parent hands to an idle worker in shared memory, sparing both
-  // the parent's send and the worker's read. Used only when the worker has answered every chunk
-  // it was sent and nothing is queued on its socket, so the frame is never older than a socket
-  // frame the worker has yet to read; the worker looks here before each socket frame, so it is
-  // never run after a newer one either.
-  static constexpr std::size_t kMailboxBytes = 4096;
-  alignas(64) std::atomic<std::uint32_t> worker_asleep{0};  // 1 while the worker blocks in poll
-  std::atomic<std::uint32_t> mailbox_full{0};              // 1 from the parent's store to the worker's take
-  std::uint32_t mailbox_length = 0;
-  alignas(64) std::byte mailbox[kMailboxBytes];
-};
-
-static_assert(std::atomic<std::uint64_t>::is_always_lock_free, "the worker slot must be lock-free across processes");
-
-[[nodiscard]] inline std::int64_t monotonic_ns() noexcept {
-  timespec ts{};
-  ::clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
-}
-
-/// True in a pool's worker process: a task that reaches for a Pool there gets a clear error.
-[[nodiscard]] inline bool& inside_pool_worker() noexcept {
-  static bool inside = false;
-  return inside;
-}
-
-/// Everything a worker needs to run one chunk.
-struct ChunkWork {
-  std::span<const std::byte> items;
-  std::uint32_t count = 0;
-  SkipIndices skip;  // ascending local indices, each < count: decoded but not run
-  WorkerSlot* slot = nullptr;
-  bool timed = false;
-};
-
-/// Where a chunk's outcome goes.
-struct ChunkOutput {
-  Buffer& values;
-  Buffer& failures;
-  std::uint32_t failed_count = 0;
-};
-
-/// A job as the worker holds it: the callable, rebuilt from its bytes, and how to apply it to items.
-class JobRunner {
- public:
-  virtual ~JobRunner() = default;
-  virtual void run_chunk(const ChunkWork& work, ChunkOutput& out) = 0;
-};
-
-/// Rebuilds a JobRunner from the callable's bytes. Its address travels in the job frame: workers are
-/// forks of the parent, so the same address is the same function in every worker.
-using RunnerFactory = std::unique_ptr<JobRunner> (*)(std::span<const std::byte> callable);
-
-/// Callables that can travel to a persistent worker: trivially copyable ones travel as raw bytes
-/// (their pointers, if any, refer to the worker's snapshot of memory), others through the codec.
-template <class F>
-concept TravellingCallable =
-    std::is_trivially_copyable_v<F> || (Encodable<F> && std::default_initializable<F>);
-
-/// The bytes a trivially copyable callable travels as: none for an empty one (a capture-less
-/// lambda's single byte has no value, and reading it would read uninitialised memory).
-template <class F>
-inline constexpr std::size_t callable_bytes_v = std::is_empty_v<F> ? 0 : sizeof(F);
-
-template <class F>
-void encode_callable(const F& f, Buffer& out) {
-  if constexpr (std::is_trivially_copyable_v<F>) {
-    if constexpr (callable_bytes_v<F> != 0) out.append(std::addressof(f), callable_bytes_v<F>);
-  } else {
-    Encoder e(out);
-    encode(e, f);
-  }
-}
-
-/// Holds a callable rebuilt in the worker.
-template <class F>
-class RebuiltCallable {
- public:
-  explicit RebuiltCallable(std::span<const std::byte> bytes) {
-    if constexpr (std::is_trivially_copyable_v<F>) {
-      if (bytes.size() != callable_bytes_v<F>) throw DecodeError("procpool: callable bytes of the wrong size");
-      // The bytes were made from a live F by the same binary; copying them into suitably aligned
-      // storage creates an F (trivially copyable types have implicit-lifetime semantics).
-      storage_ = std::make_unique<Storage>();
-      if constexpr (callable_bytes_v<F> != 0) std::memcpy(storage_->bytes, bytes.data(), callable_bytes_v<F>);
-      f_ = std::launder(reinterpret_cast<F*>(storage_->bytes));
-    } else {
-      owned_ = std::make_unique<F>(from_bytes<F>(bytes));
-      f_ = owned_.get();
-    }
-  }
-  F& get() noexcept { return *f_; }
-
- private:
-  struct Storage {
-    alignas(F) std::byte bytes[sizeof(F)];
-  };
-  std::unique_ptr<Storage> storage_;
-  std::unique_ptr<F> owned_;
-  F* f_ = nullptr;
-};
-
-/// How a job applies its callable to one decoded item.
-enum class CallStyle { invoke, apply };
-
-template <class F, class In, CallStyle Style>
-struct call_result {
-  using type = std::invoke_result_t<F&, In&>;
-};
-template <class F, class In>
-struct call_result<F, In, CallStyle::apply> {
-  using type = decltype(std::apply(std::declval<F&>(), std::declval<In&>()));
-};
-template <class F, class In, CallStyle Style>
-using call_result_t = typename call_result<F, In, Style>::type;
-
-template <class F, class In, CallStyle Style>
-class Runner final : public JobRunner {
- public:
-  using Out = std::remove_cvref_t<call_result_t<F, In, Style>>;
-
-  explicit Runner(std::span<const std::byte> callable) : f_(callable) {}
-
-  static std::unique_ptr<JobRunner> make(std::span<const std::byte> callable) {
-    return std::make_unique<Runner>(callable);
-  }
-
-  void run_chunk(const ChunkWork& work, ChunkOutput& out) override {
-    Decoder items(work.items);
-    Encoder values(out.values);
-    Encoder failures(out.failures);
-    std::size_t next_skip = 0;
-    const std::size_t skip_count = work.skip.size();
-    In item{};
-    const auto fail = [&](std::uint32_t index, const RemoteException& why) {
-      failures.write_bytes(&index, sizeof index);
-      encode(failures, why);
-      ++out.failed_count;
-    };
-    for (std::uint32_t i = 0; i < work.count; ++i) {
-      try {
-        decode(items, item);
-      } catch (...) {
-        // An argument whose decoding throws (a serialize that validates): it fails. The items
-        // after it cannot be found in the stream, so they fail too, saying why.
-        fail(i, describe_current_exception());
-        const RemoteException rest{"procpool::Error",
-                                   "not run: the argument of an earlier item in its chunk could not be decoded in the "
-                                   "worker, so where this item's argument starts is unknown"};
-        for (std::uint32_t j = i + 1; j < work.count; ++j) {
-          while (next_skip < skip_count && work.skip[next_skip] < j) ++next_skip;
-          if (next_skip < skip_count && work.skip[next_skip] == j) continue;
-          fail(j, rest);
-        }
-        return;
-      }
-      if (next_skip < skip_count && work.skip[next_skip] == i) {
-        ++next_skip;
-        continue;
-      }
-      work.slot->item.store(i, std::memory_order_relaxed);
-      if (work.timed) work.slot->item_started_ns.store(monotonic_ns(), std::memory_order_release);
-      // A result whose encoding throws part-way leaves no bytes behind: the next item's value
-      // must start where this one's would have.
-      const std::size_t mark = out.values.size();
-      try {
-        if constexpr (std::is_void_v<Out>) {
-          call(item);
-        } else {
-          encode(values, call(item));
-        }
-      } catch (...) {
-        out.values.resize(mark);
-        fail(i, describe_current_exception());
-      }
-    }
-  }
-
- private:
-  decltype(auto) call(In& item) {
-    if constexpr (Style == CallStyle::apply)
-      return std::apply(f_.get(), item);
-    else
-      return std::invoke(f_.get(), item);
-  }
-
-  RebuiltCallable<F> f_;
-};
 
 /// How a worker was set up by the zygote.
 struct WorkerSetup {
@@ -249,7 +43,7 @@ struct WorkerSetup {
   bool timed = false;
   const std::function<void()>* initializer = nullptr;
   const struct sigaction* caller_sigchld = nullptr;  // restored before user code runs
-  const LaneArea* lanes = nullptr;                    // may be unavailable: then no lanes are offered
+  const LaneArea* lanes = nullptr;                   // may be unavailable: then no lanes are offered
 };
 
 /// The worker's side of its socket and mailbox: reads what has arrived in large pieces (one
@@ -346,7 +140,7 @@ class SpinningReader {
   Buffer buf_;
   std::size_t pos_ = 0;
   std::optional<std::uint64_t> drained_at_;  // the counter's value when the socket was last found empty
-  Buffer boxed_;                              // the last frame taken from the mailbox
+  Buffer boxed_;                             // the last frame taken from the mailbox
 };
 
 inline void send_frame_or_exit(int fd, const Buffer& frame, WorkerSlot& slot) {
@@ -421,10 +215,8 @@ inline int worker_main(int channel, const WorkerSetup& setup) {
       return worker_exit_code(WorkerExit::protocol_error);
     }
     switch (h.kind) {
-      case FrameKind::shutdown:
-        return worker_exit_code(WorkerExit::finished);
-      case FrameKind::wake:
-        break;
+      case FrameKind::shutdown: return worker_exit_code(WorkerExit::finished);
+      case FrameKind::wake: break;
       case FrameKind::job: {
         const auto factory = reinterpret_cast<RunnerFactory>(job.runner_factory);
         runner.reset();
@@ -449,7 +241,7 @@ inline int worker_main(int channel, const WorkerSetup& setup) {
         } else if (chunk.lane_bytes > 0) {
           return worker_exit_code(WorkerExit::protocol_error);  // items in lanes this worker does not have
         }
-        ChunkWork work{items, chunk.count, chunk.skip, setup.slot, setup.timed};
+        ChunkWork work{items, chunk.count, chunk.skip.bytes(), setup.slot, setup.timed};
         if (results_lane.empty()) {
           // A buffer still over an earlier chunk's lane must not write there any more.
           if (values.owns_storage()) {
@@ -486,8 +278,7 @@ inline int worker_main(int channel, const WorkerSetup& setup) {
         setup.slot->to_parent.fetch_add(1, std::memory_order_release);
         break;
       }
-      default:
-        return worker_exit_code(WorkerExit::protocol_error);  // check_frame_header let no other kind through
+      default: return worker_exit_code(WorkerExit::protocol_error);  // check_frame_header let no other kind through
     }
   }
 }

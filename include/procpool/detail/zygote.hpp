@@ -19,7 +19,6 @@
 #include <cstring>
 #include <optional>
 #include <span>
-#include <unordered_map>
 #include <vector>
 
 #include "child_process.hpp"
