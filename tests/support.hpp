@@ -306,7 +306,8 @@ class StdoutCapture {
       std::string out;
       char buf[4096];
       off_t at = 0;
-      for (ssize_t n; (n = ::pread(read_fd_, buf, sizeof buf, at)) > 0; at += n) out.append(buf, static_cast<std::size_t>(n));
+      for (ssize_t n; (n = ::pread(read_fd_, buf, sizeof buf, at)) > 0; at += n)
+        out.append(buf, static_cast<std::size_t>(n));
       return out;
     }
     char buf[4096];
@@ -416,7 +417,9 @@ class Channel {
   [[nodiscard]] int write_fd() const { return write_; }
 
   /// Writes `value` to the pipe; false if that failed.
-  [[nodiscard]] bool send(int value) const { return ::write(write_, &value, sizeof value) == static_cast<ssize_t>(sizeof value); }
+  [[nodiscard]] bool send(int value) const {
+    return ::write(write_, &value, sizeof value) == static_cast<ssize_t>(sizeof value);
+  }
 
   /// The next int written to the pipe, or nullopt if none arrives within `timeout`.
   [[nodiscard]] std::optional<int> receive(std::chrono::milliseconds timeout) const {

@@ -50,7 +50,7 @@ concept TupleLike = requires {
 };
 
 template <class F, class Tuple, std::size_t... I>
-constexpr bool applicable_with(std::index_sequence<I...>) {
+constexpr bool applicable_with(std::index_sequence<I...> /*indices*/) {
   return std::is_invocable_v<F, decltype(std::get<I>(std::declval<Tuple>()))...>;
 }
 
@@ -419,7 +419,7 @@ class Pool {
     return options;
   }
 
-  detail::PoolCore& core() const {
+  [[nodiscard]] detail::PoolCore& core() const {
     // A worker holds a copy of the caller's memory, Pool objects included, but not their pools.
     if (detail::inside_pool_worker() && (!core_ || core_->owner_pid() != ::getpid()))
       throw Error("procpool::Pool: a task used a Pool of the caller; tasks run in worker processes, which cannot "
@@ -477,7 +477,7 @@ class Pool {
   }
 
   /// Fresh workers for one call: as many as the pool has, but no more than the call has items.
-  std::shared_ptr<detail::PoolCore> fresh_core(std::optional<std::size_t> items) const {
+  [[nodiscard]] std::shared_ptr<detail::PoolCore> fresh_core(std::optional<std::size_t> items) const {
     detail::Settings settings = core_->settings();
     if (items) settings.workers = std::clamp<std::size_t>(*items, 1, settings.workers);
     return std::make_shared<detail::PoolCore>(std::move(settings));
@@ -547,7 +547,7 @@ class Pool {
     std::shared_ptr<Stored> owned;
     Inputs* range = &inputs;
     if constexpr (!std::is_lvalue_reference_v<Range>) {
-      owned = std::make_shared<Stored>(std::move(inputs));
+      owned = std::make_shared<Stored>(std::forward<Range>(inputs));
       range = owned.get();
     }
     using In = detail::range_item_t<Inputs>;

@@ -139,10 +139,10 @@ class Process {
 
   /// Prepares `f(args...)` to run in a child; nothing is forked until start().
   template <class F, class... Args>
-    requires(!std::same_as<std::remove_cvref_t<F>, Process>) &&
-            std::invocable<std::decay_t<F>&, std::decay_t<Args>&...> &&
-            (std::is_void_v<R> ||
-             std::convertible_to<std::invoke_result_t<std::decay_t<F>&, std::decay_t<Args>&...>, R>)
+    requires(!std::same_as<std::remove_cvref_t<F>, Process> &&
+             std::invocable<std::decay_t<F>&, std::decay_t<Args>&...> &&
+             (std::is_void_v<R> ||
+              std::convertible_to<std::invoke_result_t<std::decay_t<F>&, std::decay_t<Args>&...>, R>))
   explicit Process(F&& f, Args&&... args)
       : task_(std::make_unique<detail::ProcessTaskFor<R, std::decay_t<F>, std::decay_t<Args>...>>(
             std::forward<F>(f), std::forward<Args>(args)...)) {}
@@ -276,7 +276,6 @@ class Process {
       }
       return false;
     }
-
   };
 
   /// Collects the reply until the child ends or the deadline passes; true if it ended. `caller`

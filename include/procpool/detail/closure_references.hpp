@@ -57,6 +57,7 @@ namespace procpool::detail {
 template <class F>
   requires std::is_trivially_copyable_v<F>
 [[nodiscard]] bool callable_may_reference_changing_memory(const F& f) noexcept {
+  // NOLINTNEXTLINE(misc-redundant-expression): the two sizes are equal only for some F
   if constexpr (std::is_empty_v<F> || sizeof(F) < sizeof(void*) || alignof(F) < alignof(void*)) {
     return false;
   } else {

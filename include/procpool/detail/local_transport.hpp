@@ -82,10 +82,8 @@ class LocalTransport final : public Transport {
     wake_ = Fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     if (!wake_) throw SystemError("procpool::Pool: cannot create an eventfd", errno);
     lanes_ = LaneArea(workers_.size());
+    zygote_setup_.settings = &settings_;
     zygote_setup_.slots = std::span<WorkerSlot>(slots_, workers_.size());
-    zygote_setup_.cpus = settings_.cpus;
-    zygote_setup_.timed = settings_.timed();
-    zygote_setup_.initializer = &settings_.initializer;
     zygote_setup_.buffer_size = 1 << 20;
     zygote_setup_.lanes = &lanes_;
     ::sigaction(SIGCHLD, nullptr, &zygote_setup_.caller_sigchld);
@@ -263,7 +261,7 @@ class LocalTransport final : public Transport {
     std::size_t index = 0;
     ForeignProcess process;  // a child of the zygote, which reaps it and reports how it ended
     Fd channel;              // a stream socket to the worker: chunks out, results in
-    Buffer out;  // bytes not yet written to the channel
+    Buffer out;              // bytes not yet written to the channel
     std::size_t out_sent = 0;
     FrameParser in;
     std::array<std::uint64_t, LaneArea::kLanesPerWorker> lane_chunk{};  // the chunk holding each pair, 0: free

@@ -116,8 +116,8 @@ inline void LocalTransport::read_results(LocalWorker& w, bool process_ended) {
     } catch (const std::bad_alloc&) {
       // A result too large for the parent's memory: fail what this worker holds, replace it.
       give_up(w, "procpool::Pool: the result of ",
-              fmt::format(" (worker {}) is too large to fit in the parent's memory ({} bytes received so far)",
-                          w.index, w.in.pending()));
+              fmt::format(" (worker {}) is too large to fit in the parent's memory ({} bytes received so far)", w.index,
+                          w.in.pending()));
       return;
     }
     const ssize_t n = read_some(w.channel.get(), dst, want);
@@ -148,9 +148,7 @@ inline bool LocalTransport::consume_frames(LocalWorker& w) {
     while (auto frame = w.in.next()) {
       const auto& [h, payload] = *frame;
       switch (h.kind) {
-        case FrameKind::ready:
-          scheduler_->ready(w.index);
-          break;
+        case FrameKind::ready: scheduler_->ready(w.index); break;
         case FrameKind::init_failed: {
           const RemoteException info = parse_init_failed(h, payload);
           scheduler_->init_failed(w.index, fmt::format("procpool::Pool: the initializer threw {}: {} in worker {}",
@@ -164,8 +162,7 @@ inline bool LocalTransport::consume_frames(LocalWorker& w) {
           scheduler_->results(w.index, h.id, payload, lane);
           break;
         }
-        default:
-          throw DecodeError("unexpected frame kind");
+        default: throw DecodeError("unexpected frame kind");
       }
     }
   } catch (const DecodeError& e) {
@@ -265,8 +262,7 @@ inline void LocalTransport::handle_control(const ZygoteMessage& m, std::vector<F
       }
       break;
     }
-    default:
-      break;
+    default: break;
   }
 }
 

@@ -100,7 +100,7 @@ class PoolCore {
   [[nodiscard]] PROCPOOL_DECL std::vector<pid_t> worker_pids() const;
 
   /// Protects the typed halves' state that the driver writes (sinks, progress).
-  PROCPOOL_DECL std::mutex& mutex() const;
+  [[nodiscard]] PROCPOOL_DECL std::mutex& mutex() const;
 
  private:
   struct State;

@@ -149,7 +149,8 @@ class Scheduler {
 
   /// Nothing queued, nothing in flight.
   [[nodiscard]] bool idle() const {
-    return chunks_.empty() && std::all_of(batches_.begin(), batches_.end(), [](const auto& b) { return b->source_done_; });
+    return chunks_.empty() &&
+           std::all_of(batches_.begin(), batches_.end(), [](const auto& b) { return b->source_done_; });
   }
 
   // ---- driving -------------------------------------------------------------------------------
@@ -227,7 +228,8 @@ class Scheduler {
   /// Whether w owes results that are probably microseconds away (the driver then spins for them).
   [[nodiscard]] bool result_due_soon(std::size_t w) const {
     const WorkerRecord& r = workers_[w];
-    return r.state == WorkerState::running && !r.in_flight.empty() && expected_ns(r.in_flight.front()).value_or(0) < 200e3;
+    return r.state == WorkerState::running && !r.in_flight.empty() &&
+           expected_ns(r.in_flight.front()).value_or(0) < 200e3;
   }
 
   // ---- what the transport reports ------------------------------------------------------------

@@ -44,9 +44,8 @@ inline std::optional<std::uint64_t> Scheduler::next_chunk_for(std::size_t w) {
   if (!requeued_.empty()) {
     // A worker with a max_tasks_per_worker allowance takes only a chunk that fits what it has
     // left; a fresh worker always can (chunks are never cut larger than the allowance).
-    const std::size_t allowance = settings_.max_tasks_per_worker > 0
-                                      ? settings_.max_tasks_per_worker - workers_[w].items_assigned
-                                      : SIZE_MAX;
+    const std::size_t allowance =
+        settings_.max_tasks_per_worker > 0 ? settings_.max_tasks_per_worker - workers_[w].items_assigned : SIZE_MAX;
     const auto fits = std::find_if(requeued_.begin(), requeued_.end(),
                                    [&](std::uint64_t id) { return chunks_.at(id).open_items() <= allowance; });
     if (fits != requeued_.end()) {
@@ -458,8 +457,8 @@ inline void Scheduler::fail_undispatched(const std::string& why) {
     }
     const std::size_t n = b->total_ - b->dispatched_;
     for (std::size_t i = b->dispatched_; i < b->total_; ++i)
-      b->accept_error(i, std::make_exception_ptr(
-                             Error(fmt::format("procpool::Pool: {} did not run: {}", b->describe(i), why))));
+      b->accept_error(
+          i, std::make_exception_ptr(Error(fmt::format("procpool::Pool: {} did not run: {}", b->describe(i), why))));
     jobs_.at(b->job_id_).undispatched -= n;
     b->dispatched_ = b->total_;
     b->source_done_ = true;

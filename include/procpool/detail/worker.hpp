@@ -30,6 +30,7 @@
 #include "lanes.hpp"
 #include "remote_exception.hpp"
 #include "runner.hpp"
+#include "settings.hpp"
 #include "spin.hpp"
 #include "wire.hpp"
 
@@ -37,13 +38,22 @@ namespace procpool::detail {
 
 /// How a worker was set up by the zygote.
 struct WorkerSetup {
+  const Settings* settings = nullptr;  // the pool's; null: not pinned, no timeout, no initializer
   int index = 0;
-  int cpu = -1;  // -1: not pinned
   WorkerSlot* slot = nullptr;
-  bool timed = false;
-  const std::function<void()>* initializer = nullptr;
   const struct sigaction* caller_sigchld = nullptr;  // restored before user code runs
   const LaneArea* lanes = nullptr;                   // may be unavailable: then no lanes are offered
+
+  /// The CPU this worker is pinned to, or -1.
+  [[nodiscard]] int cpu() const noexcept {
+    return settings != nullptr ? settings->cpu_of(static_cast<std::size_t>(index)) : -1;
+  }
+  /// Whether items are timed (the pool has a task timeout).
+  [[nodiscard]] bool timed() const noexcept { return settings != nullptr && settings->timed(); }
+  /// The initializer to run first, or null.
+  [[nodiscard]] const std::function<void()>* initializer() const noexcept {
+    return settings != nullptr && settings->initializer ? &settings->initializer : nullptr;
+  }
 };
 
 /// The worker's side of its socket and mailbox: reads what has arrived in large pieces (one
@@ -154,10 +164,10 @@ inline void send_frame_or_exit(int fd, const Buffer& frame, WorkerSlot& slot) {
 /// `channel` is the worker's end of a stream socket: tasks come in, results go out.
 inline int worker_main(int channel, const WorkerSetup& setup) {
   const int result_fd = channel;
-  if (setup.cpu >= 0) {
+  if (const int cpu = setup.cpu(); cpu >= 0) {
     cpu_set_t set;
     CPU_ZERO(&set);
-    CPU_SET(setup.cpu, &set);
+    CPU_SET(cpu, &set);
     // A cpuset that changed since the pool started may forbid the CPU: then run unpinned.
     (void)::sched_setaffinity(0, sizeof set, &set);
   }
@@ -178,9 +188,9 @@ inline int worker_main(int channel, const WorkerSetup& setup) {
 
   inside_pool_worker() = true;
   Buffer frame;
-  if (setup.initializer != nullptr && *setup.initializer) {
+  if (const std::function<void()>* initializer = setup.initializer()) {
     try {
-      (*setup.initializer)();
+      (*initializer)();
     } catch (...) {
       append_init_failed_frame(frame, describe_current_exception());
       send_frame_or_exit(result_fd, frame, *setup.slot);
@@ -241,7 +251,7 @@ inline int worker_main(int channel, const WorkerSetup& setup) {
         } else if (chunk.lane_bytes > 0) {
           return worker_exit_code(WorkerExit::protocol_error);  // items in lanes this worker does not have
         }
-        ChunkWork work{items, chunk.count, chunk.skip.bytes(), setup.slot, setup.timed};
+        ChunkWork work{items, chunk.count, chunk.skip.bytes(), setup.slot, setup.timed()};
         if (results_lane.empty()) {
           // A buffer still over an earlier chunk's lane must not write there any more.
           if (values.owns_storage()) {
@@ -258,7 +268,7 @@ inline int worker_main(int channel, const WorkerSetup& setup) {
         setup.slot->item.store(0, std::memory_order_relaxed);
         // A fresh start time before the chunk id: the parent must never pair this chunk with the
         // previous item's start and kill the worker for a timeout it did not have.
-        if (setup.timed) setup.slot->item_started_ns.store(t0, std::memory_order_relaxed);
+        if (setup.timed()) setup.slot->item_started_ns.store(t0, std::memory_order_relaxed);
         setup.slot->chunk_id.store(h.id, std::memory_order_release);
         runner->run_chunk(work, out);
         // Cleared before the results are written: a death from here on loses no item's outcome

@@ -96,11 +96,9 @@ inline std::optional<ZygoteMessage> receive_message(int sock, std::vector<Fd>& f
 
 /// What the zygote knows when it starts: a copy of the pool's settings (its own memory snapshot).
 struct ZygoteSetup {
+  const Settings* settings = nullptr;  // the pool's: pinning, timeout, initializer
   std::span<WorkerSlot> slots;
-  std::vector<int> cpus;  // worker i is pinned to cpus[i % size]; empty: not pinned
-  bool timed = false;
-  const std::function<void()>* initializer = nullptr;
-  int buffer_size = 0;  // SO_SNDBUF / SO_RCVBUF of the worker sockets, 0 to leave the default
+  int buffer_size = 0;                 // SO_SNDBUF / SO_RCVBUF of the worker sockets, 0 to leave the default
   struct sigaction caller_sigchld {};  // the caller's SIGCHLD disposition, restored in workers
   const LaneArea* lanes = nullptr;
 };
@@ -167,11 +165,9 @@ inline int zygote_main(int control, const ZygoteSetup& setup) {
         }
       }
       WorkerSetup ws;
+      ws.settings = setup.settings;
       ws.index = index;
-      ws.cpu = setup.cpus.empty() ? -1 : setup.cpus[static_cast<std::size_t>(index) % setup.cpus.size()];
       ws.slot = &setup.slots[static_cast<std::size_t>(index)];
-      ws.timed = setup.timed;
-      ws.initializer = setup.initializer;
       ws.caller_sigchld = &setup.caller_sigchld;
       ws.lanes = setup.lanes;
       const int channel = worker_end.get();
