@@ -279,6 +279,12 @@ TEST_CASE("the timeout messages give the timeout in milliseconds and the worker 
   CHECK(task_timeout_message("procpool::Pool", "item 2", 2s, describe_worker(0, 9)) ==
         "procpool::Pool: item 2 ran longer than the task timeout of 2000 ms; worker 0 (pid 9) was killed and "
         "replaced");
+  CHECK(task_timeout_message("procpool::Pool", "item 3", 500us, describe_worker(0, 9)) ==
+        "procpool::Pool: item 3 ran longer than the task timeout of 500 us; worker 0 (pid 9) was killed and "
+        "replaced");
+  CHECK(describe_duration(1500ns) == "1500 ns");
+  CHECK(describe_duration(1500us) == "1500 us");
+  CHECK(describe_duration(3s) == "3000 ms");
   CHECK(initializer_timeout_message("procpool::Pool", 250ms, describe_worker(1, 4242)) ==
         "procpool::Pool: the initializer ran longer than the task timeout of 250 ms in worker 1 (pid 4242), which "
         "was killed; the pool cannot start workers (make the initializer return sooner, or raise task_timeout)");

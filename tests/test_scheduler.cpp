@@ -839,6 +839,7 @@ TEST_CASE("an item that started just before its worker was killed for a timeout 
 TEST_CASE("an initializer that outruns the task timeout breaks the pool") {
   Settings s = with_workers(1);
   s.task_timeout = std::chrono::milliseconds(10);
+  s.initializer = [] {};
   Rig rig(std::move(s));
   rig.start(/*ready=*/false);
   const auto b = rig.add_ints(6, 2);
@@ -867,9 +868,41 @@ TEST_CASE("an initializer that outruns the task timeout breaks the pool") {
   CHECK(rig.transport.held.empty());
 }
 
+TEST_CASE("without an initializer a worker's slow start-up is not timed and does not break the pool") {
+  Settings s = with_workers(1);
+  s.task_timeout = std::chrono::microseconds(500);
+  Rig rig(std::move(s));
+  rig.start(/*ready=*/false);
+  CHECK(rig.sched.next_timer() == kNoTimer);
+  rig.clock.advance(50 * kMs);  // far past the timeout, the worker still starting up
+  rig.sched.tick();
+  CHECK(rig.transport.killed.empty());
+  CHECK_FALSE(rig.sched.lifecycle().broken());
+}
+
+TEST_CASE("a task timeout in microseconds is named in microseconds") {
+  Settings s = with_workers(1);
+  s.task_timeout = std::chrono::microseconds(500);
+  Rig rig(std::move(s));
+  rig.start();
+  const auto b = rig.add_ints(1, 1);
+  rig.sched.dispatch();
+  const std::uint64_t id = rig.transport.sent.at(0).id;
+  rig.transport.running_at[0] = RunningItem{id, 0, rig.clock.now};
+  rig.clock.advance(500 * 1000);
+  rig.sched.tick();
+  REQUIRE(rig.transport.killed == std::vector<std::size_t>{0});
+  rig.die(0, -9, RunningItem{id, 0, rig.clock.now - 500 * 1000});
+  const Failure f = failure_of(b->errors[0]);
+  CHECK(f.kind == "TimeoutError");
+  CHECK(f.what ==
+        "procpool::Pool: item 0 ran longer than the task timeout of 500 us; worker 0 (fake) was killed and replaced");
+}
+
 TEST_CASE("next_timer says when tick has something to do") {
   Settings s = with_workers(2);
   s.task_timeout = std::chrono::milliseconds(10);
+  s.initializer = [] {};
   Rig rig(std::move(s));
   for (std::size_t w = 0; w < 2; ++w) rig.sched.request_worker(w);
   rig.boot(0);

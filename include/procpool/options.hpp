@@ -19,8 +19,8 @@ struct PoolOptions {
   /// Replace a worker after it ran this many items (like Python's maxtasksperchild); 0: never.
   std::size_t max_tasks_per_worker = 0;
   /// An item running longer than this fails with TimeoutError and its worker is killed and
-  /// replaced; 0: no limit.
-  std::chrono::milliseconds task_timeout{0};
+  /// replaced; 0: no limit. Any duration converts: `500us`, `100ms`, `2s`.
+  std::chrono::nanoseconds task_timeout{0};
   /// Runs once in each worker (and each replacement) before its first task, e.g. to open a
   /// per-worker resource. If it throws, the pool is broken: calls fail with procpool::Error.
   std::function<void()> initializer{};

@@ -103,6 +103,15 @@ namespace procpool::detail {
   return fmt::format("worker {} (pid {})", index, pid);
 }
 
+/// A duration as a person would write it: "500 ms" (whole milliseconds, however many: "2000 ms"),
+/// else "250 us", else "1500 ns".
+[[nodiscard]] inline std::string describe_duration(std::chrono::nanoseconds d) {
+  using namespace std::chrono;
+  if (d % milliseconds{1} == nanoseconds::zero()) return fmt::format("{} ms", duration_cast<milliseconds>(d).count());
+  if (d % microseconds{1} == nanoseconds::zero()) return fmt::format("{} us", duration_cast<microseconds>(d).count());
+  return fmt::format("{} ns", d.count());
+}
+
 // The messages below name a worker as its transport describes it: describe_worker() for a local
 // pool ("worker 1 (pid 4242)"); a transport across machines prefixes where it runs.
 
@@ -118,20 +127,20 @@ namespace procpool::detail {
 /// The message of the TimeoutError for an item that ran past the task timeout: "procpool::Pool:
 /// item 41 ran longer than the task timeout of 500 ms; worker 1 (pid 4242) was killed and replaced".
 [[nodiscard]] inline std::string task_timeout_message(std::string_view who, std::string_view what,
-                                                      std::chrono::milliseconds timeout, std::string_view worker) {
-  return fmt::format("{}: {} ran longer than the task timeout of {} ms; {} was killed and replaced", who, what,
-                     timeout.count(), worker);
+                                                      std::chrono::nanoseconds timeout, std::string_view worker) {
+  return fmt::format("{}: {} ran longer than the task timeout of {}; {} was killed and replaced", who, what,
+                     describe_duration(timeout), worker);
 }
 
 /// Why a pool is broken when a worker's initializer ran past the task timeout: "procpool::Pool: the
 /// initializer ran longer than the task timeout of 500 ms in worker 1 (pid 4242), which was killed;
 /// the pool cannot start workers (make the initializer return sooner, or raise task_timeout)".
-[[nodiscard]] inline std::string initializer_timeout_message(std::string_view who, std::chrono::milliseconds timeout,
+[[nodiscard]] inline std::string initializer_timeout_message(std::string_view who, std::chrono::nanoseconds timeout,
                                                              std::string_view worker) {
   return fmt::format(
-      "{}: the initializer ran longer than the task timeout of {} ms in {}, which was killed; the pool cannot "
+      "{}: the initializer ran longer than the task timeout of {} in {}, which was killed; the pool cannot "
       "start workers (make the initializer return sooner, or raise task_timeout)",
-      who, timeout.count(), worker);
+      who, describe_duration(timeout), worker);
 }
 
 /// Why a pool is broken when its workers keep dying in the initializer: "procpool::Pool: worker 1

@@ -188,7 +188,9 @@ class Scheduler {
         WorkerRecord& r = workers_[w];
         if (r.state != WorkerState::running) continue;
         // The timeout covers the initializer too: a worker that never finishes it never runs a task.
-        if (!r.init_timed_out && !transport_.initialized(w) && now - r.started_ns >= limit) {
+        // (Without one, a worker's start-up is not timed: under load it may take longer than a
+        // short timeout, and the pool must not break for that.)
+        if (settings_.initializer && !r.init_timed_out && !transport_.initialized(w) && now - r.started_ns >= limit) {
           r.init_timed_out = true;
           transport_.kill(w);
           continue;
@@ -215,7 +217,7 @@ class Scheduler {
       if (r.state == WorkerState::vacant && lifecycle_.replaces_workers()) consider(r.next_attempt_ns);
       if (!settings_.timed() || r.state != WorkerState::running) continue;
       const std::int64_t limit = settings_.task_timeout.count();
-      if (!r.init_timed_out && !transport_.initialized(w)) consider(r.started_ns + limit);
+      if (settings_.initializer && !r.init_timed_out && !transport_.initialized(w)) consider(r.started_ns + limit);
       // A worker already killed for its timeout has nothing more to time: its loss is reported.
       if (r.in_flight.empty() || r.timed_out) continue;
       const RunningItem at = transport_.running(w);
@@ -307,9 +309,6 @@ class Scheduler {
 
   /// How messages name the pool.
   static constexpr std::string_view kWho = "procpool::Pool";
-  [[nodiscard]] std::chrono::milliseconds timeout_ms() const {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(settings_.task_timeout);
-  }
 
   struct WorkerRecord {
     WorkerState state = WorkerState::vacant;

@@ -343,7 +343,7 @@ inline void Scheduler::lost(std::size_t w, int exitcode, RunningItem at_death) {
   // outside, so only three deaths in a row before it finishes count as broken.
   r.init_deaths = r.ready ? 0 : r.init_deaths + 1;
   if (r.init_timed_out) {
-    lifecycle_.break_with(initializer_timeout_message(kWho, timeout_ms(), who));
+    lifecycle_.break_with(initializer_timeout_message(kWho, settings_.task_timeout, who));
   } else if (r.init_failure || r.init_deaths >= 3) {
     lifecycle_.break_with(r.init_failure ? *r.init_failure : initializer_deaths_message(kWho, who, exitcode));
   }
@@ -407,7 +407,7 @@ inline void Scheduler::blame(std::size_t w, Chunk& c, const RunningItem& at, int
   std::exception_ptr error;
   if (r.timed_out && r.timed_out->chunk == at.chunk && r.timed_out->item == at.item) {
     error = std::make_exception_ptr(
-        TimeoutError(task_timeout_message(kWho, owner->describe(index), timeout_ms(), who), index));
+        TimeoutError(task_timeout_message(kWho, owner->describe(index), settings_.task_timeout, who), index));
   } else {
     error = std::make_exception_ptr(
         ProcessError(worker_ended_message(kWho, who, exitcode, owner->describe(index)), exitcode, index));
