@@ -106,9 +106,13 @@ namespace procpool::detail {
 /// A duration as a person would write it: "500 ms" (whole milliseconds, however many: "2000 ms"),
 /// else "250 us", else "1500 ns".
 [[nodiscard]] inline std::string describe_duration(std::chrono::nanoseconds d) {
-  using namespace std::chrono;
-  if (d % milliseconds{1} == nanoseconds::zero()) return fmt::format("{} ms", duration_cast<milliseconds>(d).count());
-  if (d % microseconds{1} == nanoseconds::zero()) return fmt::format("{} us", duration_cast<microseconds>(d).count());
+  using std::chrono::duration_cast;
+  using std::chrono::microseconds;
+  using std::chrono::milliseconds;
+  if (d % milliseconds{1} == std::chrono::nanoseconds::zero())
+    return fmt::format("{} ms", duration_cast<milliseconds>(d).count());
+  if (d % microseconds{1} == std::chrono::nanoseconds::zero())
+    return fmt::format("{} us", duration_cast<microseconds>(d).count());
   return fmt::format("{} ns", d.count());
 }
 
