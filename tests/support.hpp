@@ -265,6 +265,22 @@ inline int fail(int code, const std::string& what) {
   return code;
 }
 
+/// In an isolated body: narrows the process's affinity mask to its first allowed CPU. Returns 0, or
+/// the fail() code of the step that failed (2: reading the mask, 3: setting it).
+inline int narrow_affinity_to_one_cpu() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (::sched_getaffinity(0, sizeof set, &set) != 0) return fail(2, "sched_getaffinity");
+  int first = -1;
+  for (int c = 0; c < CPU_SETSIZE && first < 0; ++c)
+    if (CPU_ISSET(c, &set)) first = c;
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(first, &one);
+  if (::sched_setaffinity(0, sizeof one, &one) != 0) return fail(3, "sched_setaffinity");
+  return 0;
+}
+
 /// Redirects fd 1 to a temporary file or to a pipe for its lifetime and reads back what was
 /// written. Meant for isolated bodies (it changes fd 1 for the whole process).
 class StdoutCapture {

@@ -30,23 +30,11 @@ using namespace std::chrono_literals;
 using Catch::Matchers::Contains;
 using Catch::Matchers::StartsWith;
 using procpool_test::Channel;
+using procpool_test::die_by_signal;
 using procpool_test::iota_vector;
 using procpool_test::square;
 
 namespace {
-
-/// Ends the calling worker by `sig` with the default action, whatever handler the test framework
-/// installed (the worker is a fork of the test process and inherited them).
-[[noreturn]] void die_by_signal(int sig) {
-  ::signal(sig, SIG_DFL);
-  sigset_t only;
-  sigemptyset(&only);
-  sigaddset(&only, sig);
-  ::pthread_sigmask(SIG_UNBLOCK, &only, nullptr);
-  if (sig == SIGABRT) std::abort();
-  ::raise(sig);
-  ::_exit(99);  // not reached
-}
 
 /// What `error` is when caught as a procpool::ItemError: its item() and its dynamic type, or
 /// nullopt if it is no ItemError at all.

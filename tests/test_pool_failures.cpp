@@ -25,6 +25,7 @@
 using namespace std::chrono_literals;
 using Catch::Matchers::Contains;
 using procpool_test::Channel;
+using procpool_test::die_by_signal;
 using procpool_test::iota_vector;
 using procpool_test::pid_gone;
 using procpool_test::square;
@@ -42,19 +43,6 @@ struct Boom : std::runtime_error {
 }  // namespace procpool_failures
 
 namespace {
-
-/// Ends the calling worker by `sig` with the default action, whatever handler the test framework
-/// (or a sanitizer) installed: the worker is a fork of the test process and inherited them.
-[[noreturn]] void die_by_signal(int sig) {
-  ::signal(sig, SIG_DFL);
-  sigset_t only;
-  sigemptyset(&only);
-  sigaddset(&only, sig);
-  ::pthread_sigmask(SIG_UNBLOCK, &only, nullptr);
-  if (sig == SIGABRT) std::abort();
-  ::raise(sig);
-  ::_exit(99);  // not reached
-}
 
 enum class Ending { segfault, abort, exit3, self_sigkill, throws };
 

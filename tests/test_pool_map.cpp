@@ -470,16 +470,7 @@ TEST_CASE("Pool() has one worker per CPU in the caller's affinity mask") {
 TEST_CASE("Pool() in a process narrowed to one CPU has exactly one worker") {
   // In a helper process, so that narrowing the affinity mask does not affect other tests.
   const int status = procpool_test::run_isolated([] {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    if (::sched_getaffinity(0, sizeof set, &set) != 0) return procpool_test::fail(2, "sched_getaffinity");
-    int first = -1;
-    for (int c = 0; c < CPU_SETSIZE && first < 0; ++c)
-      if (CPU_ISSET(c, &set)) first = c;
-    cpu_set_t one;
-    CPU_ZERO(&one);
-    CPU_SET(first, &one);
-    if (::sched_setaffinity(0, sizeof one, &one) != 0) return procpool_test::fail(3, "sched_setaffinity");
+    if (const int failed = procpool_test::narrow_affinity_to_one_cpu()) return failed;
     procpool::Pool pool;
     if (pool.size() != 1) return procpool_test::fail(4, "size() is " + std::to_string(pool.size()));
     if (pool.map(square, std::vector{5}) != std::vector<int>{25}) return procpool_test::fail(5, "wrong result");

@@ -139,16 +139,7 @@ TEST_CASE("cpu_count is the number of CPUs in the affinity mask and Pool() start
 TEST_CASE("cpu_count follows an affinity mask narrowed to one CPU") {
   // In a helper process, so that narrowing the affinity mask does not affect other tests.
   const int status = procpool_test::run_isolated([] {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    if (::sched_getaffinity(0, sizeof set, &set) != 0) return procpool_test::fail(2, "sched_getaffinity");
-    int first = -1;
-    for (int c = 0; c < CPU_SETSIZE && first < 0; ++c)
-      if (CPU_ISSET(c, &set)) first = c;
-    cpu_set_t one;
-    CPU_ZERO(&one);
-    CPU_SET(first, &one);
-    if (::sched_setaffinity(0, sizeof one, &one) != 0) return procpool_test::fail(3, "sched_setaffinity");
+    if (const int failed = procpool_test::narrow_affinity_to_one_cpu()) return failed;
     if (procpool::cpu_count() != 1) return procpool_test::fail(4, "cpu_count() is not 1");
     procpool::Pool pool;
     if (pool.size() != 1) return procpool_test::fail(5, "Pool() does not have one worker");
