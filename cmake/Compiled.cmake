@@ -12,7 +12,10 @@ endif()
 add_library(procpool::compiled ALIAS procpool_compiled)
 set_target_properties(procpool_compiled PROPERTIES EXPORT_NAME compiled OUTPUT_NAME procpool)
 target_compile_definitions(procpool_compiled PUBLIC PROCPOOL_SEPARATE_COMPILATION)
-target_link_libraries(procpool_compiled
-  PUBLIC procpool::procpool
-  # procpool's own warnings and sanitizers when procpool builds it, never exported.
-  PRIVATE $<BUILD_INTERFACE:procpool_warnings> $<BUILD_INTERFACE:procpool_sanitizers>)
+target_link_libraries(procpool_compiled PUBLIC procpool::procpool)
+if(TARGET procpool_warnings)
+  # procpool's own warnings and sanitizers when procpool builds its own targets, never exported
+  # (an embedding project has neither helper target).
+  target_link_libraries(procpool_compiled
+    PRIVATE $<BUILD_INTERFACE:procpool_warnings> $<BUILD_INTERFACE:procpool_sanitizers>)
+endif()
