@@ -78,9 +78,12 @@ struct DecoderAccess;
 /// Writes values to a detail::Buffer it does not own. Passed to serialize() functions as the Archive.
 class Encoder {
  public:
+  /// True: a serialize() function may test `Archive::is_encoder` to write, not read.
   static constexpr bool is_encoder = true;
+  /// False: this archive writes.
   static constexpr bool is_decoder = false;
 
+  /// Appends to `out`, which must outlive the Encoder.
   explicit Encoder(detail::Buffer& out) noexcept : out_(&out) {}
 
   /// Appends n raw bytes.
@@ -111,6 +114,7 @@ class Encoder {
     return *this;
   }
 
+  /// The buffer written to.
   [[nodiscard]] detail::Buffer& buffer() noexcept { return *out_; }
 
  private:
@@ -120,9 +124,12 @@ class Encoder {
 /// Reads values from a span of bytes. Every read is bounds-checked; violations throw DecodeError.
 class Decoder {
  public:
+  /// False: this archive reads.
   static constexpr bool is_encoder = false;
+  /// True: a serialize() function may test `Archive::is_decoder` to read, not write.
   static constexpr bool is_decoder = true;
 
+  /// Reads from `in`, whose bytes must outlive the Decoder.
   explicit Decoder(std::span<const std::byte> in) noexcept
       : data_(in.data()),
         size_(in.size()),
@@ -176,7 +183,9 @@ class Decoder {
     return static_cast<std::size_t>(n);
   }
 
+  /// The number of bytes not read yet.
   [[nodiscard]] std::size_t remaining() const noexcept { return size_ - pos_; }
+  /// The offset of the next byte to read, from the start of the input.
   [[nodiscard]] std::size_t position() const noexcept { return pos_; }
 
   /// Decodes each value in order.

@@ -35,10 +35,12 @@ namespace procpool::detail {
 
 }  // namespace procpool::detail
 
+namespace fmt {
+
 /// fmt::formatter for procpool::Outcome<T>: the value through fmt::formatter<T> (whose parse, and
 /// so whose format spec, it inherits), or `error("<what()>")` for a failed outcome.
 template <class T>
-struct fmt::formatter<procpool::Outcome<T>> : fmt::formatter<T> {
+struct formatter<procpool::Outcome<T>> : formatter<T> {
   /// Writes the value as fmt::formatter<T> does, or `error(...)` for a failed outcome.
   template <class FormatContext>
   auto format(const procpool::Outcome<T>& outcome, FormatContext& ctx) const -> decltype(ctx.out()) {
@@ -46,3 +48,5 @@ struct fmt::formatter<procpool::Outcome<T>> : fmt::formatter<T> {
     return fmt::format_to(ctx.out(), "error({})", procpool::detail::outcome_error_text(outcome.error()));
   }
 };
+
+}  // namespace fmt

@@ -147,6 +147,7 @@ class Process {
       : task_(std::make_unique<detail::ProcessTaskFor<R, std::decay_t<F>, std::decay_t<Args>...>>(
             std::forward<F>(f), std::forward<Args>(args)...)) {}
 
+  /// Takes over `other`'s task and, if it was started, its child process.
   Process(Process&& other) noexcept = default;
   /// Joins this Process first if it was started and not joined.
   Process& operator=(Process&& other) noexcept {
