@@ -1,0 +1,30 @@
+# procpool::mpi: the same Pool across the machines of a cluster (include/procpool/mpi.hpp), on MPI.
+#
+# PROCPOOL_WITH_MPI is on by default when an MPI implementation is found (Debian: libopenmpi-dev and
+# openmpi-bin); procpool::mpi is then an INTERFACE target linking procpool::procpool and MPI
+# (procpool uses only MPI's C API). find_package(procpool COMPONENTS mpi) finds it installed.
+include_guard(GLOBAL)
+
+# MPI's C API through the C++ compiler (procpool is a C++ project): MPI::MPI_CXX without MPI's
+# deprecated C++ bindings, which are never used (and are not warnings-clean).
+set(MPI_CXX_SKIP_MPICXX ON CACHE BOOL "procpool uses MPI's C API only")
+find_package(MPI QUIET COMPONENTS CXX)
+option(PROCPOOL_WITH_MPI "Build procpool::mpi (include/procpool/mpi.hpp), its tests and examples" ${MPI_CXX_FOUND})
+
+if(PROCPOOL_WITH_MPI)
+  find_package(MPI REQUIRED COMPONENTS CXX)
+  add_library(procpool_mpi INTERFACE)
+  add_library(procpool::mpi ALIAS procpool_mpi)
+  set_target_properties(procpool_mpi PROPERTIES EXPORT_NAME mpi)
+  # dl_iterate_phdr and dladdr (code addresses relative to their module) come from libdl on old glibc.
+  target_link_libraries(procpool_mpi INTERFACE procpool::procpool MPI::MPI_CXX ${CMAKE_DL_LIBS})
+  # Also for a consumer whose MPI::MPI_CXX was found without MPI_CXX_SKIP_MPICXX.
+  target_compile_definitions(procpool_mpi INTERFACE OMPI_SKIP_MPICXX=1 MPICH_SKIP_MPICXX=1)
+  if(PROCPOOL_INSTALL)
+    include(GNUInstallDirs)
+    # Its own export set: procpool-config.cmake loads it (and looks for MPI) only for COMPONENTS mpi.
+    install(TARGETS procpool_mpi EXPORT procpool-mpi-targets)
+    install(EXPORT procpool-mpi-targets NAMESPACE procpool::
+      DESTINATION "${CMAKE_INSTALL_DATADIR}/cmake/procpool")
+  endif()
+endif()

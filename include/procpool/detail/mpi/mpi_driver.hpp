@@ -1,0 +1,339 @@
+// procpool::detail::mpi: rank 0's side. MpiTransport is the scheduler's Transport to the serving
+// ranks: each rank offers one worker slot per worker of its local pool, so the transport-free
+// Scheduler sizes chunks, pipelines two per slot, and balances across ranks as it does across local
+// workers. MpiDriver owns that scheduler and drives it, with one mutex, from whichever caller waits.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <fmt/core.h>
+
+#include "../../error.hpp"
+#include "../batch.hpp"
+#include "../function_ref.hpp"
+#include "../local_transport.hpp"
+#include "../scheduler.hpp"
+#include "../settings.hpp"
+#include "comm.hpp"
+#include "modules.hpp"
+#include "server.hpp"
+#include "travel.hpp"
+
+namespace procpool::detail::mpi {
+
+/// A serving rank as rank 0 knows it.
+struct RankInfo {
+  int rank = 0;
+  std::string host;
+  std::size_t workers = 0;
+  std::size_t first_slot = 0;  // its slots are [first_slot, first_slot + workers)
+};
+
+/// The Transport to the serving ranks (see the file comment).
+class MpiTransport final : public Transport {
+ public:
+  MpiTransport(Outbox outbox, Inbox inbox, std::vector<RankInfo> ranks)
+      : outbox_(std::move(outbox)), inbox_(std::move(inbox)), ranks_(std::move(ranks)) {
+    for (std::size_t r = 0; r < ranks_.size(); ++r)
+      for (std::size_t k = 0; k < ranks_[r].workers; ++k) slot_rank_.push_back(r);
+    slots_.resize(slot_rank_.size());
+    jobs_sent_.resize(ranks_.size());
+  }
+
+  [[nodiscard]] std::size_t slots() const noexcept { return slot_rank_.size(); }
+  [[nodiscard]] const std::vector<RankInfo>& ranks() const noexcept { return ranks_; }
+
+  /// The shape function of jobs registered with this runner factory (see travel.hpp).
+  void note_shape(std::uintptr_t runner_factory, ShapeFn shape) { shapes_[runner_factory] = shape; }
+
+  void lend_storage(std::size_t /*w*/, Chunk& /*c*/) override {}
+
+  void send(std::size_t w, std::uint64_t id, Chunk& c, const Job& job, bool /*idle*/) override {
+    const std::size_t r = slot_rank_[w];
+    const int dest = ranks_[r].rank;
+    // Jobs are named by their key (factory and bytes): the scheduler's own ids are not shown.
+    auto [known, fresh] = job_ids_.try_emplace(job.key, next_job_id_);
+    if (fresh) ++next_job_id_;
+    const std::uint64_t job_id = known->second;
+    if (jobs_sent_[r].insert(job_id).second) {
+      AddressMap& map = AddressMap::instance();
+      const auto shape = shapes_.find(job.runner_factory);
+      if (shape == shapes_.end()) throw Error("procpool::mpi: a job without its shape function (a procpool bug)");
+      const RelativeAddress factory = map.relative(job.runner_factory);
+      const RelativeAddress shape_at = map.relative(reinterpret_cast<std::uintptr_t>(shape->second));
+      Buffer body;
+      Writer wr(body);
+      wr.put<std::uint64_t>(job_id).str(factory.module).put<std::uint64_t>(factory.offset);
+      wr.str(shape_at.module).put<std::uint64_t>(shape_at.offset);
+      wr.bytes(job.callable.data(), job.callable.size());
+      outbox_.send(dest, Kind::job, std::move(body));
+    }
+    Buffer body;
+    Writer wr(body);
+    wr.put<std::uint64_t>(id).put<std::uint64_t>(job_id).put<std::uint32_t>(static_cast<std::uint32_t>(w));
+    wr.put<std::uint32_t>(c.count).put<std::uint32_t>(static_cast<std::uint32_t>(c.skip.size()));
+    wr.put<std::uint32_t>(static_cast<std::uint32_t>(c.segments.size()));
+    for (const std::uint32_t s : c.skip) wr.put<std::uint32_t>(s);
+    for (const Segment& seg : c.segments) {
+      wr.put<std::uint64_t>(seg.first).put<std::uint32_t>(seg.count);
+      wr.str(seg.count == 1 ? seg.batch->describe(seg.first) : std::string());
+    }
+    wr.bytes(c.items.data(), c.items.size());
+    outbox_.send(dest, Kind::chunk, std::move(body));
+    slots_[w].sent.insert(id);
+  }
+
+  void release(std::size_t w, std::uint64_t id, Chunk& /*c*/) override { slots_[w].sent.erase(id); }
+
+  // A slot is a share of a rank's local pool, not a process: retiring, killing or replacing it
+  // only changes what rank 0 expects from it (results of chunks it no longer holds are dropped).
+  void retire(std::size_t w) override { reports_.push_back({w, Report::lost, 0}); }
+  void kill(std::size_t w) override { reports_.push_back({w, Report::lost, -9}); }
+  void replace(std::size_t w) override { reports_.push_back({w, Report::started, 0}); }
+
+  [[nodiscard]] RunningItem running(std::size_t /*w*/) const override { return {}; }
+  [[nodiscard]] bool initialized(std::size_t /*w*/) const override { return true; }
+  [[nodiscard]] std::string describe(std::size_t w) const override {
+    const RankInfo& r = ranks_[slot_rank_[w]];
+    return fmt::format("rank {} (host {})", r.rank, r.host);
+  }
+
+  /// Hands over to the scheduler what happened: slots started or lost, results in the order each
+  /// slot was sent its chunks. True if anything did.
+  bool progress(Scheduler& s) {
+    bool news = outbox_.progress();
+    while (!reports_.empty()) {
+      const Report rep = reports_.front();
+      reports_.pop_front();
+      news = true;
+      if (rep.what == Report::started) {
+        slots_[rep.slot].waiting.clear();
+        s.started(rep.slot);
+      } else {
+        slots_[rep.slot].sent.clear();
+        slots_[rep.slot].waiting.clear();
+        s.lost(rep.slot, rep.exitcode, {});
+      }
+    }
+    while (std::optional<Message> m = inbox_.poll()) {
+      news = true;
+      if (m->kind == Kind::stop) {
+        ++stopped_;
+        continue;
+      }
+      if (m->kind != Kind::results)
+        throw Error(fmt::format("procpool::mpi: rank {} sent a message of unexpected kind {}", m->source,
+                                static_cast<int>(m->kind)));
+      Reader r(m->body.view());
+      const auto chunk = r.get<std::uint64_t>();
+      const auto slot = r.get<std::uint32_t>();
+      if (slot >= slots_.size() || slots_[slot].sent.count(chunk) == 0) continue;  // no longer wanted
+      const std::size_t head = sizeof(std::uint64_t) + sizeof(std::uint32_t);
+      slots_[slot].waiting.emplace(chunk, std::move(m->body));
+      deliver(s, slot, head);
+    }
+    return news;
+  }
+
+  /// Tells every serving rank to stop, and waits until each said it will send nothing more.
+  void stop_ranks() {
+    for (const RankInfo& r : ranks_) outbox_.send(r.rank, Kind::stop, Buffer{});
+    Backoff backoff;
+    while (stopped_ < ranks_.size()) {
+      bool news = outbox_.progress();
+      while (std::optional<Message> m = inbox_.poll()) {
+        news = true;
+        if (m->kind == Kind::stop) ++stopped_;
+      }
+      if (news)
+        backoff.news();
+      else
+        backoff.idle();
+    }
+    outbox_.drain();
+  }
+
+  [[nodiscard]] std::uint64_t bytes_sent() const noexcept { return outbox_.bytes_sent(); }
+
+ private:
+  struct Report {
+    std::size_t slot;
+    enum { started, lost } what;
+    int exitcode;
+  };
+  struct Slot {
+    std::set<std::uint64_t> sent;             // chunks out, not yet released
+    std::map<std::uint64_t, Buffer> waiting;  // results that came before an earlier chunk's
+  };
+
+  /// Gives the scheduler the slot's results in the order the chunks were sent.
+  void deliver(Scheduler& s, std::size_t w, std::size_t head) {
+    Slot& slot = slots_[w];
+    while (!slot.waiting.empty()) {
+      const std::optional<std::uint64_t> front = s.oldest_in_flight(w);
+      if (!front) return;
+      const auto it = slot.waiting.find(*front);
+      if (it == slot.waiting.end()) return;
+      const Buffer body = std::move(it->second);
+      slot.waiting.erase(it);
+      s.results(w, *front, body.view().subspan(head), {});
+    }
+  }
+
+  Outbox outbox_;
+  Inbox inbox_;
+  std::vector<RankInfo> ranks_;
+  std::vector<std::size_t> slot_rank_;
+  std::vector<Slot> slots_;
+  std::vector<std::set<std::uint64_t>> jobs_sent_;  // per rank
+  std::unordered_map<std::string, std::uint64_t> job_ids_;
+  std::uint64_t next_job_id_ = 1;
+  std::unordered_map<std::uintptr_t, ShapeFn> shapes_;
+  std::deque<Report> reports_;
+  std::size_t stopped_ = 0;
+};
+
+/// Rank 0's driver: the scheduler over MpiTransport, one mutex, no thread of its own.
+class MpiDriver {
+ public:
+  using TimePoint = std::chrono::steady_clock::time_point;
+
+  MpiDriver(Outbox outbox, Inbox inbox, std::vector<RankInfo> ranks, Settings settings)
+      : settings_(std::move(settings)),
+        transport_(std::move(outbox), std::move(inbox), std::move(ranks)),
+        scheduler_(settings_, transport_, clock_) {
+    for (std::size_t w = 0; w < scheduler_.size(); ++w) scheduler_.request_worker(w);
+    transport_.progress(scheduler_);
+    scheduler_.lifecycle().started();
+  }
+  MpiDriver(const MpiDriver&) = delete;
+  MpiDriver& operator=(const MpiDriver&) = delete;
+
+  [[nodiscard]] std::size_t size() const noexcept { return scheduler_.size(); }
+  [[nodiscard]] const std::vector<RankInfo>& ranks() const noexcept { return transport_.ranks(); }
+
+  /// Registers a callable, with the shape function of its item and result types.
+  std::uint64_t register_job(std::uintptr_t runner_factory, ShapeFn shape, std::span<const std::byte> callable) {
+    std::lock_guard lock(mu_);
+    transport_.note_shape(runner_factory, shape);
+    return scheduler_.register_job(runner_factory, callable);
+  }
+
+  /// Queues a batch and sends its first chunks.
+  void add_batch(const std::shared_ptr<Batch>& batch, std::uint64_t job) {
+    std::lock_guard lock(mu_);
+    scheduler_.lifecycle().throw_if_unusable();
+    scheduler_.add(batch, job);
+    if (!driving_) {
+      scheduler_.dispatch();
+      transport_.progress(scheduler_);
+    }
+  }
+
+  /// Drives until `done()` holds (checked with the mutex held), or the deadline passes.
+  void wait(FunctionRef<bool()> done, std::optional<TimePoint> deadline) {
+    std::unique_lock lock(mu_);
+    Backoff backoff;
+    while (!done()) {
+      if (deadline && std::chrono::steady_clock::now() >= *deadline) return;
+      if (scheduler_.lifecycle().stopped())
+        throw Error("procpool::mpi::Pool: the pool was shut down while this call waited on it");
+      if (driving_) {
+        cv_.wait_for(lock, std::chrono::microseconds{200});
+        continue;
+      }
+      if (round(lock))
+        backoff.news();
+      else
+        idle(lock, backoff);
+    }
+  }
+  template <class Done>
+  void wait_until(Done&& done, std::optional<TimePoint> deadline = std::nullopt) {
+    wait(FunctionRef<bool()>(done), deadline);
+  }
+
+  /// One round that does not wait.
+  void make_progress() {
+    std::unique_lock lock(mu_);
+    if (driving_ || scheduler_.lifecycle().stopped()) return;
+    round(lock);
+  }
+
+  /// The caller stopped waiting for `batch`.
+  void forget(Batch& batch) noexcept {
+    std::lock_guard lock(mu_);
+    scheduler_.forget(batch);
+  }
+
+  [[nodiscard]] std::mutex& mutex() const { return mu_; }
+
+  /// Finishes what runs, then stops the serving ranks (they answer, then leave).
+  void shutdown() {
+    std::unique_lock lock(mu_);
+    if (scheduler_.lifecycle().stopped()) return;
+    scheduler_.lifecycle().close();
+    scheduler_.cut_streams("the MPI pool was shut down (procpool::mpi::run's function returned)");
+    scheduler_.terminate("the MPI pool was shut down (procpool::mpi::run's function returned)");
+    transport_.progress(scheduler_);
+    scheduler_.lifecycle().stop();
+    transport_.stop_ranks();
+    scheduler_.lifecycle().finish();
+    cv_.notify_all();
+  }
+
+ private:
+  /// Dispatch, hand over what arrived, dispatch again. True if anything happened.
+  bool round(std::unique_lock<std::mutex>& /*lock*/) {
+    driving_ = true;
+    bool news = false;
+    try {
+      scheduler_.dispatch();
+      news = transport_.progress(scheduler_);
+      scheduler_.tick();
+      scheduler_.dispatch();
+    } catch (...) {
+      driving_ = false;
+      cv_.notify_all();
+      throw;
+    }
+    driving_ = false;
+    cv_.notify_all();
+    return news;
+  }
+
+  /// Waits a little for news, the mutex released (other threads may add work meanwhile).
+  void idle(std::unique_lock<std::mutex>& lock, Backoff& backoff) {
+    driving_ = true;
+    lock.unlock();
+    backoff.idle();
+    lock.lock();
+    driving_ = false;
+    cv_.notify_all();
+  }
+
+  const Settings settings_;
+  MonotonicClock clock_;
+  MpiTransport transport_;
+  Scheduler scheduler_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool driving_ = false;
+};
+
+}  // namespace procpool::detail::mpi

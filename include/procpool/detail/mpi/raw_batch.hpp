@@ -1,0 +1,209 @@
+// procpool::detail::mpi: a serving rank's view of one chunk from rank 0, as a call on its local
+// pool. The rank knows no types: it splits the chunk's encoded items, and gathers the encoded
+// results, with the call's shape function (travel.hpp), and replies with one results payload in
+// the local wire format (wire.hpp), which rank 0's scheduler parses as it would a local worker's.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <fmt/core.h>
+
+#include "../../error.hpp"
+#include "../batch.hpp"
+#include "../buffer.hpp"
+#include "../remote_exception.hpp"
+#include "../runner.hpp"
+#include "../wire.hpp"
+#include "travel.hpp"
+
+namespace procpool::detail::mpi {
+
+/// Consecutive items of a chunk that belong to one call on rank 0, and how messages name them.
+struct Span {
+  std::uint64_t first = 0;  // the call's index of the first item
+  std::uint32_t count = 0;
+  std::string label;  // for a span of one item: its name there ("the submitted task"); else "item N"
+};
+
+/// The failure record of an item failed on a serving rank, as rank 0 decodes it: a RemoteError keeps
+/// its remote type; a worker's death or timeout is re-created there as ProcessError / TimeoutError.
+inline constexpr const char* kProcessErrorType = "procpool::ProcessError";
+inline constexpr const char* kTimeoutErrorType = "procpool::TimeoutError";
+
+class RawBatch final : public Batch {
+ public:
+  /// Rank chunks aim at this many times the work of a local pool's chunks (about 1 ms each).
+  static constexpr std::uint64_t kChunkScale = 16;
+
+  /// `items`: the chunk's encoded items; `count`: how many; `skip`: ascending local indices not to
+  /// run (they have outcomes on rank 0); `where`: "rank 2 (host node7)", prefixed to messages.
+  RawBatch(Buffer items, std::uint32_t count, std::vector<std::uint32_t> skip, std::vector<Span> spans, ShapeFn shape,
+           std::string where)
+      : items_(std::move(items)),
+        count_(count),
+        skip_(std::move(skip)),
+        spans_(std::move(spans)),
+        shape_(shape),
+        where_(std::move(where)) {
+    // Every item is located, skipped ones too (they lie in the bytes); the open ones are run.
+    const std::size_t fixed = shape_(ShapeQuery::item_fixed_size, {});
+    std::size_t at = 0;
+    std::size_t s = 0;
+    const std::span<const std::byte> all = items_.view();
+    for (std::uint32_t i = 0; i < count_; ++i) {
+      const std::size_t n = fixed != 0 ? fixed : shape_(ShapeQuery::item_size, all.subspan(at));
+      if (n > all.size() - at) throw DecodeError("procpool::mpi: a chunk's items are truncated");
+      if (s < skip_.size() && skip_[s] == i) {
+        ++s;
+      } else {
+        open_.push_back({i, at, n});
+      }
+      at += n;
+    }
+    if (at != all.size()) throw DecodeError("procpool::mpi: trailing bytes after a chunk's items");
+    set_known_total(open_.size());
+  }
+
+  std::size_t encode_next(std::size_t max_items, std::size_t max_bytes, Buffer& out) override {
+    // Its time on this rank counts from when a local worker first takes some of it, not from when it
+    // arrived: chunks queue here behind others (rank 0 pipelines them).
+    if (started_ns_ == 0) started_ns_ = monotonic_ns();
+    std::size_t n = 0;
+    const std::size_t start = out.size();
+    while (n < max_items && next_ < open_.size() && (n == 0 || out.size() - start < max_bytes)) {
+      // Runs of items that lie back to back are copied at once.
+      std::size_t k = next_ + 1;
+      std::size_t bytes = open_[next_].size;
+      while (k < open_.size() && k - next_ < max_items - n && open_[k].at == open_[k - 1].at + open_[k - 1].size &&
+             out.size() - start + bytes < max_bytes) {
+        bytes += open_[k].size;
+        ++k;
+      }
+      out.append(items_.data() + open_[next_].at, bytes);
+      n += k - next_;
+      next_ = k;
+    }
+    return n;
+  }
+
+  void accept_value(std::size_t index, Decoder& in) override {
+    Decoder probe = in;
+    const std::span<const std::byte> rest = probe.take(probe.remaining());
+    const std::size_t n = shape_(ShapeQuery::result_size, rest);
+    keep(index, 1, in.take(n));
+  }
+
+  void discard_value(Decoder& in) override {
+    Decoder probe = in;
+    const std::span<const std::byte> rest = probe.take(probe.remaining());
+    (void)in.take(shape_(ShapeQuery::result_size, rest));
+  }
+
+  bool accept_bulk(std::size_t first, std::size_t count, std::span<const std::byte> bytes) override {
+    keep(first, count, bytes);
+    return true;
+  }
+
+  void accept_error(std::size_t index, std::exception_ptr error) override {
+    failures_[open_[index].local] = record(error);
+  }
+
+  [[nodiscard]] std::string describe(std::size_t index) const override {
+    std::uint32_t local = open_[index].local;
+    for (const Span& s : spans_) {
+      if (local < s.count) return s.label.empty() ? fmt::format("item {}", s.first + local) : s.label;
+      local -= s.count;
+    }
+    return fmt::format("item {}", index);
+  }
+
+  /// The results payload for rank 0 (a results frame's payload, wire.hpp); once settled.
+  [[nodiscard]] Buffer results(std::size_t workers) {
+    std::sort(pieces_.begin(), pieces_.end(), [](const Piece& a, const Piece& b) { return a.first < b.first; });
+    Buffer failures;
+    Encoder fe(failures);
+    for (const auto& [local, why] : failures_) {
+      fe.write_bytes(&local, sizeof local);
+      encode(fe, why);
+    }
+    std::size_t values = 0;
+    for (const Piece& p : pieces_) values += p.size;
+    const auto wall = static_cast<std::uint64_t>(started_ns_ == 0 ? 0 : monotonic_ns() - started_ns_);
+    // What rank 0's scheduler sizes the next chunks by: this chunk's time here over its workers,
+    // scaled down by kChunkScale, since a chunk's round trip between ranks costs far more than one
+    // to a local worker (see docs/scaling.md).
+    const std::uint64_t compute = wall * std::max<std::size_t>(1, std::min(workers, open_.size())) / kChunkScale;
+    Buffer out;
+    out.reserve(sizeof(FrameHeader) + sizeof(ResultsHeader) + failures.size() + values);
+    // The worker's builder, so that the payload is what a local worker would send; the frame
+    // header it writes first is not part of the payload.
+    append_results_head(out, 0, count_, static_cast<std::uint32_t>(failures_.size()), failures.view(), compute, 0,
+                        values);
+    out.erase_front(sizeof(FrameHeader));
+    for (const Piece& p : pieces_) out.append(arena_.data() + p.at, p.size);
+    return out;
+  }
+
+ private:
+  struct Open {
+    std::uint32_t local;  // its index in the chunk
+    std::size_t at;       // where its bytes are
+    std::size_t size;
+  };
+  struct Piece {
+    std::size_t first;  // the first open item it holds the values of
+    std::size_t at;     // in arena_
+    std::size_t size;
+  };
+
+  void keep(std::size_t first, std::size_t /*count*/, std::span<const std::byte> bytes) {
+    pieces_.push_back({first, arena_.size(), bytes.size()});
+    arena_.append(bytes.data(), bytes.size());
+  }
+
+  /// How an item's failure travels to rank 0 (see kProcessErrorType).
+  [[nodiscard]] RemoteException record(const std::exception_ptr& error) const {
+    // The local pool's messages begin with its name; on rank 0 they begin with where they happened.
+    const auto located = [&](std::string_view what) {
+      constexpr std::string_view prefix = "procpool::Pool: ";
+      if (what.substr(0, prefix.size()) == prefix) what.remove_prefix(prefix.size());
+      return fmt::format("{}: {}", where_, what);
+    };
+    try {
+      std::rethrow_exception(error);
+    } catch (const RemoteError& e) {
+      return {e.type_name(), e.remote_what()};
+    } catch (const ProcessError& e) {
+      return {kProcessErrorType, located(e.what())};
+    } catch (const TimeoutError& e) {
+      return {kTimeoutErrorType, located(e.what())};
+    } catch (...) {
+      RemoteException r = describe_current_exception();
+      r.what = located(r.what);
+      return r;
+    }
+  }
+
+  Buffer items_;
+  std::uint32_t count_;
+  std::vector<std::uint32_t> skip_;
+  std::vector<Span> spans_;
+  ShapeFn shape_;
+  std::string where_;
+  std::int64_t started_ns_ = 0;
+  std::vector<Open> open_;
+  std::size_t next_ = 0;
+  std::vector<Piece> pieces_;
+  Buffer arena_;
+  std::map<std::uint32_t, RemoteException> failures_;
+};
+
+}  // namespace procpool::detail::mpi

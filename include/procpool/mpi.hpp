@@ -1,0 +1,417 @@
+// procpool::mpi: the same Pool across the machines of a cluster, on MPI.
+//
+//   int main(int argc, char** argv) {
+//     return procpool::mpi::run(argc, argv, [](procpool::mpi::Pool& pool) {
+//       std::vector<int> squares = pool.map(square, std::vector{1, 2, 3, 4, 5});
+//       return 0;
+//     });
+//   }
+//
+// Under `mpirun -n N ./app`, rank 0 runs the function and every other rank serves its tasks on a
+// local procpool::Pool of its own cores; without mpirun, the function runs on a local pool of this
+// machine's cores. See docs/mpi.md.
+#pragma once
+
+// The C API only: Open MPI's and MPICH's deprecated C++ bindings are not used (nor warnings-clean).
+#ifndef OMPI_SKIP_MPICXX
+#define OMPI_SKIP_MPICXX 1
+#endif
+#ifndef MPICH_SKIP_MPICXX
+#define MPICH_SKIP_MPICXX 1
+#endif
+#include <mpi.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <functional>
+#include <initializer_list>
+#include <memory>
+#include <optional>
+#include <ranges>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <fmt/core.h>
+
+#include "detail/batches.hpp"
+#include "detail/call_checks.hpp"
+#include "detail/mpi/comm.hpp"
+#include "detail/mpi/modules.hpp"
+#include "detail/mpi/mpi_driver.hpp"
+#include "detail/mpi/server.hpp"
+#include "detail/mpi/travel.hpp"
+#include "detail/pool_core.hpp"
+#include "detail/runner.hpp"
+#include "detail/settings.hpp"
+#include "error.hpp"
+#include "options.hpp"
+#include "outcome.hpp"
+#include "pool.hpp"
+
+namespace procpool::mpi {
+
+/// How `run` sets up the pool of every rank. Fields keep this order.
+struct Options {
+  /// Worker processes on each serving rank; 0: one per CPU of that rank's affinity mask.
+  std::size_t workers_per_rank = 0;
+  /// Pin each rank's worker i to the i-th CPU of that rank's affinity mask.
+  bool pin_cpus = true;
+  /// Items per message to a local worker; 0 sizes chunks automatically. A rank is sent chunks of
+  /// this size for each of its workers.
+  std::size_t chunk_size = 0;
+  /// Replace a worker after it ran this many items; 0: never.
+  std::size_t max_tasks_per_worker = 0;
+  /// An item running longer than this fails with TimeoutError, and its worker is replaced; 0: no limit.
+  std::chrono::nanoseconds task_timeout{0};
+  /// Runs once in each worker process of every rank before its first task.
+  std::function<void()> initializer{};
+};
+
+namespace detail {
+
+/// The rank of this process, recorded before any worker is forked (workers inherit it).
+[[nodiscard]] inline int& rank_slot() noexcept {
+  static int rank = 0;
+  return rank;
+}
+
+/// Where the launcher put this process, read from its environment (before MPI starts).
+struct Launch {
+  int rank = 0;
+  int size = 1;
+};
+
+[[nodiscard]] inline std::optional<Launch> launched() {
+  const auto number = [](const char* name) -> std::optional<int> {
+    const char* v = std::getenv(name);
+    if (v == nullptr || *v == '\0') return std::nullopt;
+    return std::atoi(v);
+  };
+  for (const auto& [rank, size] : {std::pair{"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"},
+                                   std::pair{"PMIX_RANK", "PMIX_SIZE"}, std::pair{"PMI_RANK", "PMI_SIZE"}}) {
+    const auto r = number(rank);
+    const auto s = number(size);
+    if (r && s) return Launch{*r, *s};
+  }
+  return std::nullopt;
+}
+
+[[nodiscard]] inline PoolOptions pool_options(const Options& o) {
+  PoolOptions p;
+  p.workers = o.workers_per_rank;
+  p.pin_cpus = o.pin_cpus;
+  p.chunk_size = o.chunk_size;
+  p.max_tasks_per_worker = o.max_tasks_per_worker;
+  p.task_timeout = o.task_timeout;
+  p.initializer = o.initializer;
+  return p;
+}
+
+[[nodiscard]] inline std::string host_name() {
+  char name[256] = {};
+  if (::gethostname(name, sizeof name - 1) != 0) return "unknown";
+  return name;
+}
+
+// The compile-time checks of a call on procpool::mpi::Pool, each naming the call.
+#define PROCPOOL_MPI_CHECK_CALL(problem, F, NAME)                                                                      \
+  static_assert((problem) != ::procpool::detail::CallProblem::not_a_range,                                             \
+                "procpool::mpi::Pool::" NAME ": the inputs must be a range (a container or a view) or a braced list"); \
+  static_assert((problem) != ::procpool::detail::CallProblem::single_pass,                                             \
+                "procpool::mpi::Pool::" NAME " needs a multi-pass range; use imap for a single-pass input");           \
+  static_assert((problem) != ::procpool::detail::CallProblem::item_not_encodable,                                      \
+                "procpool::mpi::Pool::" NAME ": the input items must be encodable (see procpool/codec.hpp)");          \
+  static_assert((problem) != ::procpool::detail::CallProblem::item_not_default_constructible,                          \
+                "procpool::mpi::Pool::" NAME ": the input items must be default-constructible");                       \
+  static_assert((problem) != ::procpool::detail::CallProblem::not_invocable,                                           \
+                "procpool::mpi::Pool::" NAME ": the callable cannot be called with an input item");                    \
+  static_assert((problem) != ::procpool::detail::CallProblem::returns_void,                                            \
+                "procpool::mpi::Pool::" NAME ": the callable returns void; it needs a result per item");               \
+  static_assert((problem) != ::procpool::detail::CallProblem::result_not_encodable,                                    \
+                "procpool::mpi::Pool::" NAME ": the callable's result must be encodable (see procpool/codec.hpp)");    \
+  static_assert((problem) != ::procpool::detail::CallProblem::result_not_default_constructible,                        \
+                "procpool::mpi::Pool::" NAME ": the callable's result type must be default-constructible");            \
+  static_assert(::procpool::detail::mpi::RemoteCallable<std::decay_t<F>>, /* NOLINT(bugprone-macro-parentheses) */     \
+                "procpool::mpi::Pool::" NAME ": this callable cannot travel to another machine: it is neither a "      \
+                "plain function nor an object that travels as its bytes or through the codec (a closure capturing "    \
+                "a non-encodable object or a reference wrapper, a member pointer). Capture encodable values only, "    \
+                "or pass the data as the items")
+
+}  // namespace detail
+
+/// The MPI rank of the calling process: 0 outside mpirun; also right inside a worker process forked
+/// by a rank (workers never call MPI themselves).
+[[nodiscard]] inline int rank() noexcept { return detail::rank_slot(); }
+
+class Pool;
+
+template <class F>
+int run(int argc, char** argv, const Options& options, F&& fn);
+
+/// The pool `run` hands its function: the workers of every serving rank (or, without mpirun, of
+/// this machine). Calls have the semantics and error types of procpool::Pool's; a failed item's
+/// message names the rank and host it ran on. Callables travel to other machines: plain functions,
+/// closures capturing values, objects the codec encodes; a closure holding pointers or references
+/// is refused (at compile time where the type says so, else with procpool::Error).
+class Pool {
+ public:
+  Pool(const Pool&) = delete;
+  Pool& operator=(const Pool&) = delete;
+
+  /// Worker processes across all serving ranks (or of the local pool).
+  [[nodiscard]] std::size_t size() const { return local_ != nullptr ? local_->size() : driver_->size(); }
+  /// Ranks serving tasks (0 without mpirun: the local pool serves them).
+  [[nodiscard]] std::size_t ranks() const noexcept { return driver_ ? driver_->ranks().size() : 0; }
+
+  /// Applies `f` to every input on the workers of all ranks; the results in input order. Throws
+  /// the failure of the lowest-numbered failed item (RemoteError, ProcessError, TimeoutError).
+  template <class F, class Range>
+  [[nodiscard]] auto map(F&& f, Range&& inputs, MapOptions options = {}) {
+    constexpr auto problem = ::procpool::detail::call_problem<F, Range, ::procpool::detail::CallStyle::invoke, true>();
+    PROCPOOL_MPI_CHECK_CALL(problem, F, "map");
+    if constexpr (problem == ::procpool::detail::CallProblem::none &&
+                  ::procpool::detail::mpi::RemoteCallable<std::decay_t<F>>) {
+      ::procpool::detail::mpi::refuse_addresses(f, "map");
+      if (local_ != nullptr) return local_->map(std::forward<F>(f), std::forward<Range>(inputs), std::move(options));
+      auto batch = run_dense(f, inputs, std::move(options));
+      std::lock_guard lock(driver_->mutex());
+      return batch->take_values();
+    }
+  }
+  /// map over a braced list.
+  template <class F, class T>
+  [[nodiscard]] auto map(F&& f, std::initializer_list<T> inputs, MapOptions options = {}) {
+    return map(std::forward<F>(f), std::vector<T>(inputs), std::move(options));
+  }
+
+  /// Like map, but never throws for an item: every item's value or error, in input order.
+  template <class F, class Range>
+  [[nodiscard]] auto try_map(F&& f, Range&& inputs, MapOptions options = {}) {
+    constexpr auto problem = ::procpool::detail::call_problem<F, Range, ::procpool::detail::CallStyle::invoke, true>();
+    PROCPOOL_MPI_CHECK_CALL(problem, F, "try_map");
+    if constexpr (problem == ::procpool::detail::CallProblem::none &&
+                  ::procpool::detail::mpi::RemoteCallable<std::decay_t<F>>) {
+      ::procpool::detail::mpi::refuse_addresses(f, "try_map");
+      if (local_ != nullptr)
+        return local_->try_map(std::forward<F>(f), std::forward<Range>(inputs), std::move(options));
+      auto batch = run_dense(f, inputs, std::move(options));
+      std::lock_guard lock(driver_->mutex());
+      return batch->take_outcomes();
+    }
+  }
+  /// try_map over a braced list.
+  template <class F, class T>
+  [[nodiscard]] auto try_map(F&& f, std::initializer_list<T> inputs, MapOptions options = {}) {
+    return try_map(std::forward<F>(f), std::vector<T>(inputs), std::move(options));
+  }
+
+ private:
+  template <class F>
+  friend int run(int argc, char** argv, const Options& options, F&& fn);
+
+  explicit Pool(procpool::Pool& local) : local_(&local) {}
+  explicit Pool(std::shared_ptr<::procpool::detail::mpi::MpiDriver> driver) : driver_(std::move(driver)) {}
+
+  /// Registers `f` for items In and results Out with the driver.
+  template <class In, class Out, ::procpool::detail::CallStyle Style, class F>
+  std::uint64_t register_job(const F& f) {
+    namespace d = ::procpool::detail;
+    using Fn = std::decay_t<F>;
+    using T = d::mpi::travelling_t<Fn>;
+    d::Buffer bytes;
+    d::encode_callable(d::mpi::to_travelling<Fn>(f), bytes);
+    return driver_->register_job(reinterpret_cast<std::uintptr_t>(&d::Runner<T, In, Style>::make),
+                                 &d::mpi::shape<In, Out>, bytes.view());
+  }
+
+  template <class F, class Range>
+  auto run_dense(F& f, Range& inputs, MapOptions options) {
+    namespace d = ::procpool::detail;
+    using Fn = std::decay_t<F>;
+    using In = d::range_item_t<Range>;
+    using Out = d::item_result_t<Fn, In, d::CallStyle::invoke>;
+    using Dense = d::DenseBatch<std::ranges::iterator_t<Range>, std::ranges::sentinel_t<Range>, In, Out>;
+    const auto size = static_cast<std::size_t>(std::ranges::distance(inputs));
+    const std::uint64_t job = register_job<In, Out, d::CallStyle::invoke>(f);
+    auto batch =
+        std::make_shared<Dense>(std::ranges::begin(inputs), std::ranges::end(inputs), size, std::move(options));
+    driver_->add_batch(batch, job);
+    const d::mpi::ScopeExit forget([&] { driver_->forget(*batch); });
+    driver_->wait_until([&] { return batch->settled(); });
+    if (batch->caller_error()) std::rethrow_exception(batch->caller_error());
+    return batch;
+  }
+
+  procpool::Pool* local_ = nullptr;
+  std::shared_ptr<::procpool::detail::mpi::MpiDriver> driver_;
+};
+
+namespace detail {
+
+/// Calls fn(pool) and makes an int of what it returns (void: 0).
+template <class F>
+int call_user(F& fn, Pool& pool) {
+  if constexpr (std::is_void_v<std::invoke_result_t<F&, Pool&>>) {
+    std::invoke(fn, pool);
+    return 0;
+  } else {
+    return static_cast<int>(std::invoke(fn, pool));
+  }
+}
+
+/// Ends MPI on every path out of run().
+struct MpiSession {
+  MPI_Comm comm = MPI_COMM_NULL;
+  MpiSession(const MpiSession&) = delete;
+  MpiSession& operator=(const MpiSession&) = delete;
+  MpiSession(int& argc, char**& argv) {
+    int provided = 0;
+    ::procpool::detail::mpi::check(MPI_Init_thread(&argc, &argv, MPI_THREAD_SERIALIZED, &provided), "MPI_Init_thread");
+    MPI_Comm_dup(MPI_COMM_WORLD, &comm);
+    MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
+  }
+  ~MpiSession() {
+    if (comm != MPI_COMM_NULL) MPI_Comm_free(&comm);
+    MPI_Finalize();
+  }
+};
+
+/// A serving rank's fatal error: said on stderr, and the whole job ends (rank 0 cannot go on without
+/// this rank under Open MPI 4).
+[[noreturn]] inline void abort_job(MPI_Comm comm, const std::string& where, const std::string& why) {
+  std::fprintf(stderr, "procpool::mpi: %s: %s; aborting the MPI job\n", where.c_str(), why.c_str());
+  std::fflush(stderr);
+  MPI_Abort(comm, 70);
+  std::_Exit(70);
+}
+
+}  // namespace detail
+
+/// Runs `fn(pool)` on rank 0 with the workers of every other rank as `pool`, while the other ranks
+/// serve its tasks; then every rank finishes MPI. Returns fn's result (an int, or 0 for void) on
+/// rank 0 and 0 on the others. Without mpirun (or with one rank), runs fn on a local pool of this
+/// machine's cores and never starts MPI. Throws procpool::Error on rank 0 if a rank runs a
+/// different executable (its ELF build-id differs), naming the rank and its host; an exception
+/// from fn is rethrown on rank 0 once the other ranks have stopped.
+template <class F>
+int run(int argc, char** argv, const Options& options, F&& fn) {
+  namespace d = ::procpool::detail;
+  namespace dm = ::procpool::detail::mpi;
+  static_assert(std::is_invocable_v<F&, Pool&>, "procpool::mpi::run: the function must take a procpool::mpi::Pool&");
+  const std::optional<detail::Launch> launch = detail::launched();
+  if (!launch || launch->size <= 1) {
+    procpool::Pool local(detail::pool_options(options));
+    Pool pool(local);
+    return detail::call_user(fn, pool);
+  }
+  detail::rank_slot() = launch->rank;
+  // A serving rank's pool (its zygote) starts before MPI does: its workers are forks of a process
+  // that never saw MPI (see docs/mpi.md).
+  std::shared_ptr<d::PoolCore> local;
+  if (launch->rank != 0) local = std::make_shared<d::PoolCore>(d::Settings::from(detail::pool_options(options)));
+  detail::MpiSession session(argc, argv);
+  MPI_Comm comm = session.comm;
+  int me = 0;
+  int size = 0;
+  MPI_Comm_rank(comm, &me);
+  MPI_Comm_size(comm, &size);
+  const std::string host = detail::host_name();
+  const std::string where = fmt::format("rank {} (host {})", me, host);
+  // One inbox and one outbox per rank for the whole run: a message taken in early is never lost.
+  dm::Outbox out(comm);
+  dm::Inbox in(comm);
+  if (me != 0) {
+    try {
+      d::Buffer hello;
+      dm::Writer(hello).str(dm::executable_id()).str(host).put<std::uint64_t>(local->size());
+      out.send(0, dm::Kind::hello, std::move(hello));
+      std::optional<dm::Message> verdict;
+      dm::Backoff backoff;
+      while (!(verdict = in.poll(0))) backoff.idle();
+      if (verdict->kind != dm::Kind::verdict || !verdict->body.view().empty()) {
+        local->shutdown(/*graceful=*/false);
+        return 1;
+      }
+      dm::Server server(std::move(out), std::move(in), local, where);
+      server.serve();
+      local.reset();
+    } catch (const std::exception& e) {
+      detail::abort_job(comm, where, e.what());
+    }
+    return 0;
+  }
+  // Rank 0: who serves, and do they run this very executable?
+  std::vector<dm::RankInfo> ranks;
+  std::string mismatch;
+  {
+    dm::Backoff backoff;
+    const std::string mine = dm::executable_id();
+    while (ranks.size() < static_cast<std::size_t>(size - 1)) {
+      std::optional<dm::Message> m = in.poll();
+      if (!m) {
+        backoff.idle();
+        continue;
+      }
+      dm::Reader r(m->body.view());
+      dm::RankInfo info;
+      info.rank = m->source;
+      const std::string id = r.str();
+      info.host = r.str();
+      info.workers = static_cast<std::size_t>(r.get<std::uint64_t>());
+      if (id != mine && mismatch.empty())
+        mismatch = fmt::format(
+            "procpool::mpi::run: rank {} (host {}) runs a different executable than rank 0 (its {} differs from "
+            "rank 0's {}); every rank must run the same binary (the same build), since code travels between them "
+            "as addresses",
+            info.rank, info.host, id, mine);
+      ranks.push_back(std::move(info));
+    }
+  }
+  std::sort(ranks.begin(), ranks.end(), [](const dm::RankInfo& a, const dm::RankInfo& b) { return a.rank < b.rank; });
+  for (const dm::RankInfo& r : ranks) {
+    d::Buffer body;
+    if (!mismatch.empty()) body.append(mismatch.data(), mismatch.size());
+    out.send(r.rank, dm::Kind::verdict, std::move(body));
+  }
+  out.drain();
+  if (!mismatch.empty()) throw Error(mismatch);
+  d::Settings settings;
+  std::size_t slots = 0;
+  for (dm::RankInfo& r : ranks) {
+    r.first_slot = slots;
+    slots += r.workers;
+  }
+  settings.workers = std::max<std::size_t>(1, slots);
+  settings.chunk_size = options.chunk_size;
+  auto driver = std::make_shared<dm::MpiDriver>(std::move(out), std::move(in), std::move(ranks), std::move(settings));
+  std::exception_ptr error;
+  int result = 0;
+  {
+    Pool pool(driver);
+    try {
+      result = detail::call_user(fn, pool);
+    } catch (...) {
+      error = std::current_exception();
+    }
+  }
+  driver->shutdown();
+  driver.reset();
+  if (error) std::rethrow_exception(error);
+  return result;
+}
+
+/// run with default Options: one worker per CPU on every serving rank.
+template <class F>
+int run(int argc, char** argv, F&& fn) {
+  return run(argc, argv, Options{}, std::forward<F>(fn));
+}
+
+}  // namespace procpool::mpi
+
+#undef PROCPOOL_MPI_CHECK_CALL

@@ -1,0 +1,217 @@
+// procpool::mpi's tests: one program, one scenario per run (its first argument), started by ctest
+// under `mpirun -n 3` (see CMakeLists.txt). Rank 0 checks what the scenario must show and returns
+// non-zero, saying why on stderr, if it does not; the other ranks serve.
+#include <signal.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <map>
+#include <procpool/mpi.hpp>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace {
+
+using namespace std::chrono_literals;
+
+int failures = 0;
+
+#ifdef PROCPOOL_MPI_TEST_OTHER_BUILD
+// Makes this build's code, and so its build-id, differ from mpi_scenarios'.
+[[maybe_unused]] volatile int other_build = 1;
+#endif
+
+void expect(bool ok, const std::string& what) {
+  if (ok) return;
+  std::fprintf(stderr, "FAILED: %s\n", what.c_str());
+  ++failures;
+}
+
+bool contains(std::string_view text, std::string_view part) { return text.find(part) != std::string_view::npos; }
+
+// ---- tasks (plain functions: they travel relative to the executable) ----
+
+std::pair<int, long> rank_and_square(long x) { return {procpool::mpi::rank(), x * x}; }
+
+long square(long x) { return x * x; }
+
+int fail_some(int x) {
+  if (x == 41) ::raise(SIGSEGV);
+  if (x == 42) throw std::out_of_range("item 42 is out of range");
+  if (x == 43) std::this_thread::sleep_for(30s);
+  return x;
+}
+
+std::string big(int mib) { return std::string(static_cast<std::size_t>(mib) << 20, static_cast<char>('a' + mib % 26)); }
+
+// The pid of the rank a worker belongs to, recorded before its pool started (workers inherit it).
+pid_t rank_pid = 0;
+
+int kill_my_rank(int x) {
+  if (procpool::mpi::rank() == 2 && x >= 100) ::kill(rank_pid, SIGKILL);
+  std::this_thread::sleep_for(1ms);
+  return x;
+}
+
+// ---- scenarios (run on rank 0) ----
+
+// map: results come back in input order; both serving ranks ran items.
+void results_in_order_across_ranks(procpool::mpi::Pool& pool) {
+  expect(pool.ranks() == 2, fmt::format("2 serving ranks, got {}", pool.ranks()));
+  expect(pool.size() >= 2, fmt::format("at least one worker per serving rank, got {}", pool.size()));
+  std::vector<long> in(20000);
+  for (std::size_t i = 0; i < in.size(); ++i) in[i] = static_cast<long>(i);
+  const auto out = pool.map(rank_and_square, in);
+  expect(out.size() == in.size(), "one result per item");
+  std::map<int, std::size_t> per_rank;
+  bool ordered = true;
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    ordered = ordered && out[i].second == in[i] * in[i];
+    ++per_rank[out[i].first];
+  }
+  expect(ordered, "results in input order");
+  expect(per_rank.count(0) == 0, "rank 0 runs no item");
+  expect(per_rank[1] > 0 && per_rank[2] > 0,
+         fmt::format("items ran on both serving ranks (rank 1: {}, rank 2: {})", per_rank[1], per_rank[2]));
+  // A capture-by-value closure travels; try_map gives every outcome.
+  const long offset = 7;
+  const auto outcomes = pool.try_map([offset](long x) { return x + offset; }, std::vector<long>{1, 2, 3});
+  expect(outcomes.size() == 3 && outcomes[2].has_value() && outcomes[2].value() == 10, "a closure's capture travels");
+  // A closure holding a reference is refused: it means nothing on another machine.
+  long local = 3;
+  try {
+    (void)pool.map([&local](long x) { return x + local; }, std::vector<long>{1});
+    expect(false, "a [&] closure is refused");
+  } catch (const procpool::Error& e) {
+    expect(contains(e.what(), "pointer or a reference"), std::string("the refusal says why: ") + e.what());
+  }
+}
+
+// A segfault, an exception and a timeout on remote ranks fail their items only, naming rank and host.
+void remote_failures_fail_only_their_items(procpool::mpi::Pool& pool) {
+  std::vector<int> in(100);
+  for (int i = 0; i < 100; ++i) in[static_cast<std::size_t>(i)] = i;
+  const auto out = pool.try_map(fail_some, in, {.chunk_size = 1});
+  for (int i = 0; i < 100; ++i) {
+    const auto& o = out[static_cast<std::size_t>(i)];
+    if (i < 41 || i > 43) expect(o.has_value() && o.value() == i, fmt::format("item {} succeeds", i));
+  }
+  const auto what = [&](int i) -> std::string {
+    try {
+      std::rethrow_exception(out[static_cast<std::size_t>(i)].error());
+    } catch (const procpool::ProcessError& e) {
+      return fmt::format("ProcessError({}, item {}): {}", e.exitcode(), e.item().value_or(999), e.what());
+    } catch (const procpool::TimeoutError& e) {
+      return fmt::format("TimeoutError(item {}): {}", e.item().value_or(999), e.what());
+    } catch (const procpool::RemoteError& e) {
+      return fmt::format("RemoteError({}, item {}): {}", e.type_name(), e.item().value_or(999), e.what());
+    } catch (const std::exception& e) {
+      return fmt::format("other: {}", e.what());
+    }
+  };
+  const std::string segv = what(41);
+  const std::string thrown = what(42);
+  const std::string slow = what(43);
+  std::fprintf(stderr, "%s\n%s\n%s\n", segv.c_str(), thrown.c_str(), slow.c_str());
+  // Until the scheduler lets a transport build its items' errors, a remote death arrives as a
+  // RemoteError whose type is procpool::ProcessError (docs/mpi.md).
+  expect((contains(segv, "ProcessError(-11, item 41)") ||
+          contains(segv, "RemoteError(procpool::ProcessError, item 41)")) &&
+             contains(segv, "(host ") && contains(segv, "was killed by signal 11 (SIGSEGV) while running item 41"),
+         "a remote segfault is a ProcessError naming rank, host, worker and item: " + segv);
+  expect(contains(thrown, "RemoteError(std::out_of_range, item 42)") && contains(thrown, "item 42 is out of range") &&
+             contains(thrown, "(host "),
+         "a remote exception keeps its type and names rank and host: " + thrown);
+  expect((contains(slow, "TimeoutError(item 43)") || contains(slow, "RemoteError(procpool::TimeoutError, item 43)")) &&
+             contains(slow, "ran longer than the task timeout of 500 ms") && contains(slow, "(host "),
+         "a remote timeout is a TimeoutError: " + slow);
+  // The pool goes on.
+  const auto again = pool.map(square, std::vector<long>{5, 6});
+  expect(again == std::vector<long>{25, 36}, "the pool works after the failures");
+}
+
+// Results of 64 MiB travel (in pieces below MPI's 2 GiB count limit).
+void large_results_travel(procpool::mpi::Pool& pool) {
+  const auto out = pool.map(big, std::vector<int>{64, 1, 65});
+  expect(out.size() == 3, "three results");
+  expect(out[0].size() == (std::size_t{64} << 20) && out[0].front() == 'm' && out[0].back() == 'm',
+         "the first 64 MiB result arrived whole");
+  expect(out[1] == big(1), "the small one too");
+  expect(out[2].size() == (std::size_t{65} << 20) && out[2].back() == 'n', "and the 65 MiB one");
+}
+
+// A million items, in order.
+void a_million_items(procpool::mpi::Pool& pool) {
+  std::vector<long> in(1'000'000);
+  for (std::size_t i = 0; i < in.size(); ++i) in[i] = static_cast<long>(i % 1000);
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto out = pool.map(square, in);
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::fprintf(stderr, "1e6 items in %.3f s\n", s);
+  bool ok = out.size() == in.size();
+  for (std::size_t i = 0; ok && i < in.size(); ++i) ok = out[i] == in[i] * in[i];
+  expect(ok, "a million results, in order");
+}
+
+// Without mpirun: the function runs on a local pool.
+void singleton(procpool::mpi::Pool& pool) {
+  expect(pool.ranks() == 0, "no serving rank without mpirun");
+  expect(procpool::mpi::rank() == 0, "rank 0 without mpirun");
+  expect(pool.map(square, std::vector<long>{1, 2, 3}) == std::vector<long>{1, 4, 9}, "map runs locally");
+  const auto ranks = pool.map(rank_and_square, std::vector<long>{4});
+  expect(ranks[0].first == 0 && ranks[0].second == 16, "workers say rank 0");
+}
+
+// A rank dies in the middle of a map: the job ends (checked by the ctest script).
+void a_rank_dies(procpool::mpi::Pool& pool) {
+  std::vector<int> in(100000);
+  for (int i = 0; i < 100000; ++i) in[static_cast<std::size_t>(i)] = i;
+  (void)pool.map(kill_my_rank, in, {.chunk_size = 1});
+  expect(false, "the job should have been aborted by mpirun when rank 2 died");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string scenario = argc > 1 ? argv[1] : "";
+  rank_pid = ::getpid();
+  procpool::mpi::Options options;
+  options.workers_per_rank = 2;
+  if (scenario == "failures") options.task_timeout = 500ms;
+  try {
+    const int rc = procpool::mpi::run(argc, argv, options, [&](procpool::mpi::Pool& pool) {
+      if (scenario == "order") {
+        results_in_order_across_ranks(pool);
+      } else if (scenario == "failures") {
+        remote_failures_fail_only_their_items(pool);
+      } else if (scenario == "large") {
+        large_results_travel(pool);
+      } else if (scenario == "million") {
+        a_million_items(pool);
+      } else if (scenario == "singleton") {
+        singleton(pool);
+      } else if (scenario == "rank_dies") {
+        a_rank_dies(pool);
+      } else {
+        expect(false, "unknown scenario '" + scenario + "'");
+      }
+      return failures == 0 ? 0 : 1;
+    });
+    if (procpool::mpi::rank() == 0)
+      std::fprintf(stderr, "scenario %s: %s\n", scenario.c_str(), rc == 0 ? "ok" : "FAILED");
+    return rc;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "run threw: %s\n", e.what());
+    return scenario == "other_binary" && contains(e.what(), "runs a different executable than rank 0") ? 0 : 1;
+  }
+}
