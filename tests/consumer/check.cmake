@@ -3,7 +3,12 @@
 #   add_subdirectory  a copy in the consumer's tree; nothing of procpool may leak into the consumer
 #   fetchcontent      FetchContent_Declare(SOURCE_DIR) + FetchContent_MakeAvailable; same checks
 #   pkg-config        install as for find_package, then g++ $(pkg-config --cflags --libs procpool),
-#                     without CMake; prints "SKIP: pkg-config is not installed" when it is missing
+#                     without CMake; prints "SKIP: pkg-config is not installed" when it is missing.
+#                     With INSTALLED_PREFIX (the find_package test's prefix, a ctest fixture), it
+#                     uses that install instead of making its own.
+if(NOT DEFINED INSTALLED_PREFIX AND DEFINED ENV{PROCPOOL_INSTALLED_PREFIX})
+  set(INSTALLED_PREFIX "$ENV{PROCPOOL_INSTALLED_PREFIX}")
+endif()
 file(REMOVE_RECURSE "${WORK_DIR}")
 set(consumer_args -DMODE=${MODE} -DPROCPOOL_SOURCE_DIR=${PROCPOOL_SOURCE_DIR} -DCMAKE_CXX_COMPILER=${CXX_COMPILER})
 
@@ -22,7 +27,12 @@ if(MODE STREQUAL "pkg-config")
   endif()
 endif()
 
-if(MODE STREQUAL "find_package" OR MODE STREQUAL "pkg-config")
+if(MODE STREQUAL "pkg-config" AND INSTALLED_PREFIX)
+  if(NOT EXISTS "${INSTALLED_PREFIX}/include/procpool/procpool.hpp")
+    message(FATAL_ERROR "no procpool installed in ${INSTALLED_PREFIX}")
+  endif()
+  set(prefix "${INSTALLED_PREFIX}")
+elseif(MODE STREQUAL "find_package" OR MODE STREQUAL "pkg-config")
   # Install procpool alone (no tests, no examples) into a private prefix, then consume it.
   run(${CMAKE_COMMAND} -S ${PROCPOOL_SOURCE_DIR} -B ${WORK_DIR}/procpool-build
       -DCMAKE_CXX_COMPILER=${CXX_COMPILER} -DPROCPOOL_BUILD_TESTS=OFF -DPROCPOOL_BUILD_EXAMPLES=OFF
@@ -37,12 +47,13 @@ if(MODE STREQUAL "find_package" OR MODE STREQUAL "pkg-config")
     message(FATAL_ERROR "the install did not place procpool::compiled's libprocpool.a")
   endif()
   list(APPEND consumer_args -DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix)
+  set(prefix "${WORK_DIR}/prefix")
 endif()
 
 if(MODE STREQUAL "pkg-config")
   # The way a user without CMake builds: the .pc files are found through PKG_CONFIG_PATH (procpool.pc
   # is arch-independent, under share/; procpool-compiled.pc sits by its archive, under lib/).
-  file(GLOB_RECURSE pc_files "${WORK_DIR}/prefix/*.pc")
+  file(GLOB_RECURSE pc_files "${prefix}/*.pc")
   set(pc_dirs "")
   foreach(pc IN LISTS pc_files)
     get_filename_component(dir "${pc}" DIRECTORY)
