@@ -287,10 +287,12 @@ class StdoutCapture {
  public:
   enum class Kind { file, pipe };
 
-  explicit StdoutCapture(Kind kind = Kind::file) : kind_(kind) {
+  /// Captures fd `fd` (1 by default; 2 captures stderr).
+  explicit StdoutCapture(Kind kind = Kind::file, int fd = 1) : kind_(kind), fd_(fd) {
     std::cout.flush();
     std::fflush(stdout);
-    saved_ = ::dup(1);
+    std::fflush(stderr);
+    saved_ = ::dup(fd_);
     int target = -1;
     if (kind == Kind::file) {
       char path[] = "/tmp/procpool-test-stdout-XXXXXX";
@@ -305,7 +307,7 @@ class StdoutCapture {
         ::fcntl(read_fd_, F_SETFL, O_NONBLOCK);
       }
     }
-    ::dup2(target, 1);
+    ::dup2(target, fd_);
     ::close(target);
   }
   StdoutCapture(const StdoutCapture&) = delete;
@@ -336,13 +338,15 @@ class StdoutCapture {
     if (saved_ < 0) return;
     std::cout.flush();
     std::fflush(stdout);
-    ::dup2(saved_, 1);
+    std::fflush(stderr);
+    ::dup2(saved_, fd_);
     ::close(saved_);
     saved_ = -1;
   }
 
  private:
   Kind kind_;
+  int fd_ = 1;
   int saved_ = -1;
   int read_fd_ = -1;
   std::string piped_;

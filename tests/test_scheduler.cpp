@@ -38,6 +38,7 @@ namespace {
 
 using procpool::Decoder;
 using procpool::Encoder;
+using procpool::detail::Abort;
 using procpool::detail::Batch;
 using procpool::detail::Buffer;
 using procpool::detail::Chunk;
@@ -111,6 +112,12 @@ class FakeTransport final : public Transport {
   void kill(std::size_t w) override { killed.push_back(w); }
   void replace(std::size_t w) override { replaced.push_back(w); }
   [[nodiscard]] RunningItem running(std::size_t w) const override { return running_at[w]; }
+  RunningItem withdraw(std::size_t w, std::uint64_t id, std::uint32_t from) override {
+    withdrawals.push_back({w, id, from});
+    // The worker may have started an item between the scheduler's look and the withdrawal.
+    if (started_during_withdrawal) running_at[w] = *std::exchange(started_during_withdrawal, std::nullopt);
+    return running_at[w];
+  }
   [[nodiscard]] bool initialized(std::size_t w) const override { return initialized_flag[w]; }
   [[nodiscard]] std::string describe(std::size_t w) const override { return fmt::format("worker {} (fake)", w); }
   [[nodiscard]] bool on_callers_cpu(std::size_t w) const override { return callers_cpu.count(w) != 0; }
@@ -134,6 +141,14 @@ class FakeTransport final : public Transport {
   std::vector<std::string> protocol_errors;              // misuse of the Transport interface
   std::vector<std::size_t> retired, killed, replaced;
   std::vector<RunningItem> running_at;
+  struct Withdrawal {
+    std::size_t worker;
+    std::uint64_t chunk;
+    std::uint32_t from;
+    bool operator==(const Withdrawal&) const = default;
+  };
+  std::vector<Withdrawal> withdrawals;
+  std::optional<RunningItem> started_during_withdrawal;  // what the worker starts as a withdrawal is posted
   std::vector<bool> initialized_flag;
   std::vector<int> life;
   std::set<std::size_t> callers_cpu;
@@ -170,11 +185,21 @@ class IntBatch final : public Batch {
     values.at(index) = v;
     ++outcomes.at(index);
   }
+  void discard_value(Decoder& in) override {
+    int v = 0;
+    procpool::decode(in, v);
+    ++discarded;
+  }
   void accept_error(std::size_t index, std::exception_ptr error) override {
     errors.at(index) = std::move(error);
     ++outcomes.at(index);
   }
   void on_progress() override { ++progress_calls; }
+
+  /// As MapOptions::task_timeout and timeout.
+  void limit(std::chrono::nanoseconds task_timeout, std::chrono::nanoseconds timeout) {
+    set_time_limits(task_timeout, timeout);
+  }
 
   /// Every item has exactly one outcome.
   [[nodiscard]] bool each_item_has_one_outcome() const {
@@ -192,6 +217,7 @@ class IntBatch final : public Batch {
   std::vector<std::exception_ptr> errors;
   int encode_calls = 0;
   int progress_calls = 0;
+  int discarded = 0;  // values read past because the call was stopped while they were out
 };
 
 /// What an item's failure says.
@@ -210,6 +236,8 @@ Failure failure_of(const std::exception_ptr& p) {
     return {"ProcessError", e.what(), e.item(), e.exitcode()};
   } catch (const procpool::TimeoutError& e) {
     return {"TimeoutError", e.what(), e.item(), 0};
+  } catch (const procpool::CancelledError& e) {
+    return {"CancelledError", e.what(), std::nullopt, 0};
   } catch (const procpool::RemoteError& e) {
     return {"RemoteError", e.what(), e.item(), 0};
   } catch (const procpool::Error& e) {
@@ -283,14 +311,24 @@ struct Rig {
     sched.results(w, s.id, results_payload(s, compute_ns, fail).view(), {});
   }
 
+  /// w answers its oldest chunk with items [0, answered) only: it saw a withdrawal there.
+  void answer_part(std::size_t w, std::uint32_t answered) {
+    REQUIRE(!transport.inbox[w].empty());
+    const Sent s = transport.inbox[w].front();
+    transport.inbox[w].pop_front();
+    sched.results(w, s.id, results_payload(s, 1000, {}, answered).view(), {});
+  }
+
   static Buffer results_payload(const Sent& s, std::uint64_t compute_ns,
-                                const std::map<std::uint32_t, RemoteException>& fail = {}) {
+                                const std::map<std::uint32_t, RemoteException>& fail = {},
+                                std::optional<std::uint32_t> answered = std::nullopt) {
     Buffer values;
     Buffer failures;
     Encoder ev(values);
     Encoder ef(failures);
     std::uint32_t failed = 0;
-    for (std::uint32_t local = 0; local < s.items.size(); ++local) {
+    const std::uint32_t answered_count = answered.value_or(static_cast<std::uint32_t>(s.items.size()));
+    for (std::uint32_t local = 0; local < answered_count; ++local) {
       if (std::binary_search(s.skip.begin(), s.skip.end(), local)) continue;
       if (const auto f = fail.find(local); f != fail.end()) {
         ef.write_bytes(&local, sizeof local);
@@ -300,7 +338,8 @@ struct Rig {
       }
       procpool::encode(ev, s.items[local] * 2);
     }
-    const ResultsHeader h{static_cast<std::uint32_t>(s.items.size()), failed, failures.size(), compute_ns, 0};
+    const ResultsHeader h{
+        static_cast<std::uint32_t>(s.items.size()), failed, failures.size(), compute_ns, 0, answered_count, 0};
     Buffer payload;
     payload.append(&h, sizeof h);
     payload.append(failures.data(), failures.size());
@@ -1198,4 +1237,175 @@ TEST_CASE("a worker that cannot be started at start-up leaves spawn_error for th
   CHECK_FALSE(rig.sched.running(1));
   CHECK(rig.sched.running(0));
   CHECK_FALSE(rig.sched.lifecycle().broken());
+}
+
+// ---- stopping a call: cancel and deadlines --------------------------------------------------
+
+TEST_CASE("a call stopped before any of it went out fails every item and never sends one") {
+  Rig rig(with_workers(1));
+  rig.start();
+  const auto a = rig.add_ints(1, 0, 100, 1);
+  const auto b = rig.add_ints(3, 0, 200, 2);  // another job: it waits for the worker
+  rig.sched.dispatch();
+  REQUIRE(rig.transport.sent.size() == 1);
+  CHECK(rig.sched.abort(*b, Abort::cancelled));
+  CHECK(b->finished());
+  CHECK(b->each_item_has_one_outcome());
+  for (const std::size_t i : indices(0, 3)) CHECK(failure_of(b->errors[i]).kind == "CancelledError");
+  CHECK(failure_of(b->errors[0]).what == "procpool::Pool: item 0 was cancelled");
+  CHECK_FALSE(rig.sched.abort(*b, Abort::cancelled));  // settled already
+  rig.run_to_end();
+  CHECK(rig.transport.sent.size() == 1);
+  CHECK(a->has_value(0));
+  CHECK(b->encode_calls == 0);  // its input was never read
+}
+
+TEST_CASE("a call stopped while its item runs gets that worker killed, nobody blamed, and the others run again") {
+  Rig rig(with_workers(1));
+  rig.start();
+  // Single-item calls of one job travel together: one chunk [a0, b0, c0].
+  const auto a = rig.add_ints(1, 3, 100);  // its chunk_size (3) lets the calls after it join its chunk
+  const auto b = rig.add_ints(1, 0, 200);
+  const auto c = rig.add_ints(1, 0, 300);
+  rig.sched.dispatch();
+  REQUIRE(rig.transport.sizes() == std::vector<std::size_t>{3});
+  const Sent chunk = rig.transport.sent[0];
+  rig.transport.running_at[0] = RunningItem{chunk.id, 1, rig.clock.now};
+  CHECK(rig.sched.abort(*b, Abort::cancelled));
+  CHECK(rig.transport.killed == std::vector<std::size_t>{0});
+  CHECK(rig.transport.withdrawals.empty());
+  // The kill lands after the worker moved on to c0: c0 is not to blame either.
+  rig.die(0, -9, RunningItem{chunk.id, 2, rig.clock.now});
+  CHECK(a->errors[0] == nullptr);
+  CHECK(c->errors[0] == nullptr);
+  rig.boot(0);
+  rig.sched.dispatch();
+  REQUIRE(rig.transport.sent.size() == 2);
+  CHECK(rig.transport.sent[1].skip == std::vector<std::uint32_t>{1});
+  rig.answer(0, 3000);
+  CHECK(a->has_value(0));
+  CHECK(c->has_value(0));
+  CHECK(failure_of(b->errors[0]).kind == "CancelledError");
+  CHECK(a->each_item_has_one_outcome());
+  CHECK(b->each_item_has_one_outcome());
+  CHECK(c->each_item_has_one_outcome());
+  CHECK(rig.transport.protocol_errors.empty());
+}
+
+TEST_CASE("a stopped call's items waiting in a worker's chunk are withdrawn, and the worker answers what it ran") {
+  Rig rig(with_workers(1));
+  rig.start();
+  const auto a = rig.add_ints(1, 3, 100);  // its chunk_size (3) lets the calls after it join its chunk
+  const auto b = rig.add_ints(1, 0, 200);
+  const auto c = rig.add_ints(1, 0, 300);
+  rig.sched.dispatch();
+  const Sent chunk = rig.transport.sent.at(0);
+  rig.transport.running_at[0] = RunningItem{chunk.id, 0, rig.clock.now};  // runs a0
+  CHECK(rig.sched.abort(*b, Abort::cancelled));
+  CHECK(rig.transport.killed.empty());
+  REQUIRE(rig.transport.withdrawals.size() == 1);
+  CHECK(rig.transport.withdrawals[0] == FakeTransport::Withdrawal{0, chunk.id, 1});
+  // The worker stops before item 1 and answers item 0; c0 runs again, b0 never.
+  rig.answer_part(0, 1);
+  CHECK(a->has_value(0));
+  rig.sched.dispatch();
+  REQUIRE(rig.transport.sent.size() == 2);
+  CHECK(rig.transport.sent[1].skip == std::vector<std::uint32_t>{0, 1});
+  rig.answer(0, 1000);
+  CHECK(c->has_value(0));
+  CHECK(failure_of(b->errors[0]).kind == "CancelledError");
+  CHECK(b->discarded == 0);
+  CHECK(a->each_item_has_one_outcome());
+  CHECK(b->each_item_has_one_outcome());
+  CHECK(c->each_item_has_one_outcome());
+  CHECK(rig.transport.held.empty());
+}
+
+TEST_CASE("a worker that starts a stopped item just as the withdrawal is posted is killed") {
+  Rig rig(with_workers(1));
+  rig.start();
+  const auto a = rig.add_ints(1, 3, 100);  // its chunk_size (3) lets the calls after it join its chunk
+  const auto b = rig.add_ints(1, 0, 200);
+  rig.sched.dispatch();
+  const Sent chunk = rig.transport.sent.at(0);
+  rig.transport.running_at[0] = RunningItem{chunk.id, 0, rig.clock.now};
+  rig.transport.started_during_withdrawal = RunningItem{chunk.id, 1, rig.clock.now};
+  CHECK(rig.sched.abort(*b, Abort::cancelled));
+  CHECK(rig.transport.killed == std::vector<std::size_t>{0});
+  rig.die(0, -9, RunningItem{chunk.id, 1, rig.clock.now});
+  rig.boot(0);
+  rig.run_to_end();
+  CHECK(a->has_value(0));
+  CHECK(failure_of(b->errors[0]).kind == "CancelledError");
+  CHECK(b->each_item_has_one_outcome());
+}
+
+TEST_CASE("a value that arrives for an item of a stopped call is read past and dropped") {
+  Rig rig(with_workers(1));
+  rig.start();
+  const auto a = rig.add_ints(1, 3, 100);  // its chunk_size (3) lets the calls after it join its chunk
+  const auto b = rig.add_ints(1, 0, 200);
+  const auto c = rig.add_ints(1, 0, 300);
+  rig.sched.dispatch();
+  const Sent chunk = rig.transport.sent.at(0);
+  // The worker already ran b0 and is on c0: the withdrawal is too late for b0, nothing to kill.
+  rig.transport.running_at[0] = RunningItem{chunk.id, 2, rig.clock.now};
+  CHECK(rig.sched.abort(*b, Abort::cancelled));
+  CHECK(rig.transport.killed.empty());
+  CHECK(rig.transport.withdrawals.empty());
+  rig.answer(0, 3000);
+  CHECK(b->discarded == 1);
+  CHECK(a->has_value(0));
+  CHECK(c->has_value(0));
+  CHECK(failure_of(b->errors[0]).kind == "CancelledError");
+  CHECK(b->each_item_has_one_outcome());
+}
+
+TEST_CASE("a call's deadline fails what has not finished with TimeoutError, and next_timer names it") {
+  Rig rig(with_workers(1));
+  rig.start();
+  auto batch = std::make_shared<IntBatch>(6, 100, 2);
+  batch->limit(std::chrono::nanoseconds{0}, std::chrono::milliseconds(50));
+  const auto b = rig.add(batch);
+  rig.sched.dispatch();
+  CHECK(rig.sched.next_timer() == std::optional<std::chrono::nanoseconds>(std::chrono::milliseconds(50)));
+  rig.answer(0, 2000);
+  rig.sched.dispatch();
+  const Sent second = rig.transport.inbox[0].front();
+  rig.transport.running_at[0] = RunningItem{second.id, 0, rig.clock.now};
+  rig.clock.advance(50 * kMs);
+  rig.sched.tick();
+  CHECK(b->finished());
+  CHECK(b->has_value(0));
+  CHECK(b->has_value(1));
+  for (const std::size_t i : indices(2, 6)) CHECK(failure_of(b->errors[i]).kind == "TimeoutError");
+  CHECK(failure_of(b->errors[5]).what ==
+        "procpool::Pool: item 5 had not finished when its call's timeout of 50 ms passed; the call's unfinished items "
+        "failed, and workers running them were killed and replaced (raise the timeout, or split the work)");
+  CHECK(rig.transport.killed == std::vector<std::size_t>{0});
+  CHECK(b->each_item_has_one_outcome());
+  CHECK(rig.sched.next_timer() == std::nullopt);
+}
+
+TEST_CASE("a call's task_timeout applies to its own items only, over a pool without one") {
+  Rig rig(with_workers(2));
+  rig.start();
+  auto timed = std::make_shared<IntBatch>(1, 100, 1);
+  timed->limit(std::chrono::milliseconds(20), std::chrono::nanoseconds{0});
+  const auto t = rig.add(timed, 1);
+  const auto u = rig.add_ints(1, 0, 200, 2);
+  rig.sched.dispatch();
+  REQUIRE(rig.transport.sent.size() == 2);
+  for (const Sent& s : rig.transport.sent) rig.transport.running_at[s.worker] = RunningItem{s.id, 0, rig.clock.now};
+  rig.clock.advance(30 * kMs);
+  rig.sched.tick();
+  const std::size_t timed_worker = rig.transport.sent[0].worker;
+  CHECK(rig.transport.killed == std::vector<std::size_t>{timed_worker});
+  rig.die(timed_worker, -9, rig.transport.running_at[timed_worker]);
+  CHECK(failure_of(t->errors[0]).what ==
+        fmt::format("procpool::Pool: item 0 ran longer than the task timeout of 20 ms; worker {} (fake) was killed and "
+                    "replaced",
+                    timed_worker));
+  rig.answer(1 - timed_worker, 1000);
+  CHECK(u->has_value(0));
 }

@@ -69,7 +69,18 @@ int run() {
   procpool::Future<void> g = pool.submit([](int) {}, 1);
   procpool::Future<std::string> h =
       pool.submit([](int a, const std::string& s) { return s + std::to_string(a); }, 1, std::string("x"));
+  // Per-task limits, a done callback, cancel, as_completed.
+  procpool::Future<int> limited =
+      pool.submit(procpool::TaskOptions{.task_timeout = std::chrono::seconds{1}}, square, 7);
+  limited.add_done_callback([&total](const procpool::Outcome<int>& o) { total += o.has_value() ? 1 : 0; });
+  g.add_done_callback([](const procpool::Outcome<void>& o) { o.value(); });
+  std::vector<procpool::Future<int>> several;
+  several.push_back(pool.submit(square, 8));
+  several.push_back(pool.submit(square, 9));
+  (void)several.back().cancel();
+  for (procpool::Future<int>& done : procpool::as_completed(several)) total += done.valid() ? 1 : 0;
   total += f.get();
+  total += limited.get();
   g.get();
   total += static_cast<long>(h.get().size());
   pool.close();

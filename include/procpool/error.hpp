@@ -117,4 +117,11 @@ class TimeoutError : public ItemError {
       : ItemError(message, item) {}
 };
 
+/// A task that was cancelled (Future::cancel) before it finished: it never ran, or it was stopped
+/// (its worker killed and replaced).
+class CancelledError : public Error {
+ public:
+  using Error::Error;
+};
+
 }  // namespace procpool

@@ -2,12 +2,17 @@
 #pragma once
 
 #include <chrono>
+#include <concepts>
+#include <exception>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <utility>
 
+#include <fmt/core.h>
+
 #include "detail/batch.hpp"
-#include "detail/pool_core.hpp"
+#include "detail/driver.hpp"
 #include "error.hpp"
 #include "outcome.hpp"
 
@@ -57,28 +62,77 @@ class Future {
   }
 
   /// Waits, then returns the task's value or throws its failure (RemoteError, ProcessError,
-  /// TimeoutError). The result is taken: afterwards valid() is false.
+  /// TimeoutError, CancelledError). The result is taken: afterwards valid() is false. Waits for the
+  /// task's done callbacks too; if one threw, throws procpool::Error saying so, with the callback's
+  /// exception nested (std::rethrow_if_nested).
   R get() {
-    wait();
+    check_valid();
+    core_->wait_until([&] { return task_->settled() && task_->callbacks_idle(); });
     auto task = std::move(task_);
     auto core = std::move(core_);
     std::unique_lock lock(core->mutex());
+    if (const std::exception_ptr thrown = task->take_callback_error()) {
+      lock.unlock();
+      try {
+        std::rethrow_exception(thrown);
+      } catch (const std::exception& e) {
+        std::throw_with_nested(
+            Error(fmt::format("procpool::Future: a done callback of this task threw: {}", e.what())));
+      } catch (...) {
+        std::throw_with_nested(Error("procpool::Future: a done callback of this task threw a non-standard exception"));
+      }
+    }
     return task->take();
+  }
+
+  /// Stops the task. One that has not started never runs; one that is running is stopped (its
+  /// worker is killed and replaced, and other work queued on that worker runs elsewhere). Either
+  /// way returns true, and get() throws CancelledError. Returns false, and changes nothing, if the
+  /// task has finished (whatever its outcome).
+  bool cancel() {
+    check_valid();
+    return core_->cancel(*task_);
+  }
+
+  /// Calls `f(const procpool::Outcome<R>&)` exactly once when the task ends (value, failure or
+  /// cancellation), or at once, on this thread, if it has ended. get() still works afterwards.
+  /// It runs on the thread that drives the pool when the task ends: a thread waiting on the pool
+  /// (in map, get, an imap loop...), or the pool's progress thread, which drives the pool while
+  /// callbacks wait and no caller does, so callbacks run even if the caller only sleeps. The pool's
+  /// mutex is not held: a callback may call into the pool (submit more work, say), but it delays
+  /// the thread it runs on, so keep it short. An exception from it is reported by get(), or on
+  /// stderr if the Future is dropped without get().
+  template <class F>
+    requires std::invocable < F&, const Outcome<R>
+  & > void add_done_callback(F f) {
+    check_valid();
+    typename detail::TaskBatch<R>::Callback callback(std::move(f));
+    std::unique_lock lock(core_->mutex());
+    if (task_->queue_callback(callback)) {
+      lock.unlock();
+      core_->watch(task_);
+      return;
+    }
+    const Outcome<R>& outcome = task_->outcome();
+    lock.unlock();
+    callback(outcome);
   }
 
  private:
   friend class Pool;
+  template <class T>
+  friend class AsCompleted;
 
-  // Future and ImapResults hold their call the same way: the pool's core, and the call's batch
+  // Future and ImapResults hold their call the same way: the pool's driver, and the call's batch
   // through the abstract batch type of its result.
-  Future(std::shared_ptr<detail::PoolCore> core, std::shared_ptr<detail::TaskBatch<R>> task)
+  Future(std::shared_ptr<detail::Driver> core, std::shared_ptr<detail::TaskBatch<R>> task)
       : core_(std::move(core)), task_(std::move(task)) {}
 
   void check_valid() const {
     if (!task_) throw Error("procpool::Future: no task (default-constructed, moved from, or get() already called)");
   }
 
-  std::shared_ptr<detail::PoolCore> core_;
+  std::shared_ptr<detail::Driver> core_;
   std::shared_ptr<detail::TaskBatch<R>> task_;
 };
 

@@ -10,7 +10,7 @@
 #include <utility>
 
 #include "detail/batch.hpp"
-#include "detail/pool_core.hpp"
+#include "detail/driver.hpp"
 #include "error.hpp"
 #include "outcome.hpp"
 
@@ -84,7 +84,7 @@ class ImapResults {
  private:
   friend class Pool;
 
-  ImapResults(std::shared_ptr<detail::PoolCore> core, std::shared_ptr<detail::StreamBatch<Out>> stream)
+  ImapResults(std::shared_ptr<detail::Driver> core, std::shared_ptr<detail::StreamBatch<Out>> stream)
       : core_(std::move(core)), stream_(std::move(stream)) {}
 
   void advance() { current_ = next(); }
@@ -99,7 +99,7 @@ class ImapResults {
     return std::nullopt;
   }
 
-  std::shared_ptr<detail::PoolCore> core_;
+  std::shared_ptr<detail::Driver> core_;
   std::shared_ptr<detail::StreamBatch<Out>> stream_;
   std::optional<Outcome<Out>> current_;
   bool started_ = false;

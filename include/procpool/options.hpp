@@ -33,6 +33,22 @@ struct MapOptions {
   /// Called as outcomes arrive with (items done, total items; 0 while unknown). It runs on the
   /// thread waiting on the pool and must not call into the pool.
   std::function<void(std::size_t done, std::size_t total)> on_progress{};
+  /// An item of this call running longer than this fails with TimeoutError (its worker is killed
+  /// and replaced); 0: the pool's task_timeout.
+  std::chrono::nanoseconds task_timeout{0};
+  /// A deadline for the whole call, counted from the call: items without an outcome by then fail
+  /// with TimeoutError, those running are killed (their workers replaced), and the pool goes on; 0: none.
+  std::chrono::nanoseconds timeout{0};
+};
+
+/// Per-task settings of submit (pass them first: `pool.submit(procpool::TaskOptions{.timeout = 2s}, f, x)`).
+struct TaskOptions {
+  /// The task fails with TimeoutError if it runs longer than this (its worker is killed and
+  /// replaced); 0: the pool's task_timeout.
+  std::chrono::nanoseconds task_timeout{0};
+  /// A deadline counted from submit(), queueing included: the task fails with TimeoutError if it has
+  /// not finished by then (killed if it runs); 0: none.
+  std::chrono::nanoseconds timeout{0};
 };
 
 }  // namespace procpool

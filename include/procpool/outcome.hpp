@@ -43,4 +43,27 @@ class Outcome {
   std::variant<R, std::exception_ptr> v_;
 };
 
+/// The outcome of a task that returns nothing: success, or the exception that ended it.
+template <>
+class Outcome<void> {
+ public:
+  /// A successful outcome.
+  Outcome() = default;
+  /// A failed outcome (a null pointer means success).
+  Outcome(std::exception_ptr error) : error_(std::move(error)) {}  // NOLINT: implicit, like Outcome<R>'s
+
+  /// True if the task succeeded.
+  [[nodiscard]] bool has_value() const noexcept { return error_ == nullptr; }
+  explicit operator bool() const noexcept { return has_value(); }
+  /// Returns if the task succeeded; rethrows its exception if it failed.
+  void value() const {
+    if (error_) std::rethrow_exception(error_);
+  }
+  /// The exception of a failed task, or null.
+  [[nodiscard]] std::exception_ptr error() const noexcept { return error_; }
+
+ private:
+  std::exception_ptr error_;
+};
+
 }  // namespace procpool

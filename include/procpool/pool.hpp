@@ -239,7 +239,14 @@ class Pool {
 
   /// Runs `f(args...)` in a worker; the Future gives its result.
   template <class F, class... Args>
+    requires(!std::same_as<std::remove_cvref_t<F>, TaskOptions>)
   [[nodiscard]] auto submit(F&& f, Args&&... args) {
+    return submit(TaskOptions{}, std::forward<F>(f), std::forward<Args>(args)...);
+  }
+
+  /// submit with per-task limits: `pool.submit(procpool::TaskOptions{.timeout = 2s}, f, x)`.
+  template <class F, class... Args>
+  [[nodiscard]] auto submit(TaskOptions options, F&& f, Args&&... args) {
     using Fn = std::decay_t<F>;
     using Tuple = std::tuple<std::decay_t<Args>...>;
     static_assert(std::invocable<Fn&, std::decay_t<Args>&...>,
@@ -250,7 +257,8 @@ class Pool {
     static_assert(std::is_void_v<R> || Encodable<R>,
                   "procpool::Pool::submit: the result type must be encodable (see procpool/codec.hpp)");
     Placement where = place<Tuple, detail::CallStyle::apply>(f, 1);
-    auto batch = std::make_shared<detail::SubmitBatch<Tuple, R>>(Tuple(std::forward<Args>(args)...));
+    auto batch = std::make_shared<detail::SubmitBatch<Tuple, R>>(Tuple(std::forward<Args>(args)...),
+                                                                 options.task_timeout, options.timeout);
     where.core->add_batch(batch, where.job);
     // The task belongs to the pool, not to its Future: it runs to completion if the Future is
     // dropped, and the pool's join(), terminate() and destructor cover it.

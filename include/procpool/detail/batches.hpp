@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <chrono>
 #include <concepts>
 #include <cstddef>
 #include <cstring>
@@ -89,6 +90,7 @@ class DenseBatch final : public Batch {
   DenseBatch(It first, Sent last, std::size_t size, MapOptions options, std::vector<Out> storage = {})
       : source_(std::move(first), std::move(last)), options_(std::move(options)), values_(std::move(storage)) {
     set_chunk_size(options_.chunk_size);
+    set_time_limits(options_.task_timeout, options_.timeout);
     set_known_total(size);
     values_.resize(size);
   }
@@ -105,6 +107,11 @@ class DenseBatch final : public Batch {
     } else {
       decode(in, values_[index]);
     }
+  }
+
+  void discard_value(Decoder& in) override {
+    Out v{};
+    decode(in, v);
   }
 
   bool accept_bulk(std::size_t first, std::size_t count, std::span<const std::byte> bytes) override {
@@ -172,6 +179,7 @@ class StreamRangeBatch final : public StreamBatch<Out> {
         ordered_(ordered),
         workers_(workers) {
     this->set_chunk_size(options_.chunk_size);
+    this->set_time_limits(options_.task_timeout, options_.timeout);
     if (size) this->set_known_total(*size);
   }
 
@@ -182,6 +190,10 @@ class StreamRangeBatch final : public StreamBatch<Out> {
     Out v{};
     decode(in, v);
     ready(index, Outcome<Out>(std::move(v)));
+  }
+  void discard_value(Decoder& in) override {
+    Out v{};
+    decode(in, v);
   }
   void accept_error(std::size_t index, std::exception_ptr error) override {
     ready(index, Outcome<Out>(std::move(error)));
@@ -225,6 +237,8 @@ class StreamRangeBatch final : public StreamBatch<Out> {
     }
     if (this->cut_reason()) {
       reported_end_ = true;
+      if (this->aborted() == Abort::deadline) throw TimeoutError(*this->cut_reason());
+      if (this->aborted() == Abort::cancelled) throw CancelledError(*this->cut_reason());
       throw Error(*this->cut_reason());
     }
   }
@@ -255,7 +269,11 @@ class StreamRangeBatch final : public StreamBatch<Out> {
 template <class Args, class R>
 class SubmitBatch final : public TaskBatch<R> {
  public:
-  explicit SubmitBatch(Args args) : args_(std::move(args)) { this->set_known_total(1); }
+  SubmitBatch(Args args, std::chrono::nanoseconds task_timeout, std::chrono::nanoseconds timeout)
+      : args_(std::move(args)) {
+    this->set_time_limits(task_timeout, timeout);
+    this->set_known_total(1);
+  }
 
   std::size_t encode_next(std::size_t max_items, std::size_t /*max_bytes*/, Buffer& out) override {
     if (max_items == 0 || sent_) return 0;
@@ -265,27 +283,41 @@ class SubmitBatch final : public TaskBatch<R> {
     return 1;
   }
   void accept_value(std::size_t /*index*/, Decoder& in) override {
+    if constexpr (std::is_void_v<R>) {
+      outcome_.emplace();
+    } else {
+      R v{};
+      decode(in, v);
+      outcome_.emplace(std::move(v));
+    }
+  }
+  void discard_value(Decoder& in) override {
     if constexpr (!std::is_void_v<R>) {
       R v{};
       decode(in, v);
-      value_.emplace(std::move(v));
     }
   }
-  void accept_error(std::size_t /*index*/, std::exception_ptr error) override { error_ = std::move(error); }
+  void accept_error(std::size_t /*index*/, std::exception_ptr error) override { outcome_.emplace(std::move(error)); }
+
+  const Outcome<R>& outcome() override {
+    // The caller's own code failed the call (encoding the arguments): that is its outcome.
+    if (this->caller_error() && !outcome_) outcome_.emplace(this->caller_error());
+    return *outcome_;
+  }
 
   R take() override {
-    if (this->caller_error()) std::rethrow_exception(this->caller_error());
-    if (error_) std::rethrow_exception(error_);
-    if constexpr (!std::is_void_v<R>) return std::move(*value_);
+    if constexpr (std::is_void_v<R>) {
+      outcome().value();
+    } else {
+      (void)outcome();
+      return std::move(*outcome_).value();
+    }
   }
 
  private:
-  struct Nothing {};
   Args args_;
   bool sent_ = false;
-  std::conditional_t<std::is_void_v<R>, Nothing, std::optional<std::conditional_t<std::is_void_v<R>, Nothing, R>>>
-      value_{};
-  std::exception_ptr error_;
+  std::optional<Outcome<R>> outcome_;
 };
 
 }  // namespace procpool::detail

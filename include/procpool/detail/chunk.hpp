@@ -2,6 +2,7 @@
 // of one or more batches of the same job, encoded back to back.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -27,10 +28,14 @@ struct Chunk {
   std::uint32_t count = 0;
   Buffer items;
   std::vector<std::uint32_t> skip;  // sorted local indices that already have an outcome
-  std::uint32_t delivered = 0;      // items [0, delivered) of a half-decoded result have outcomes
-  std::uint32_t lane = kNoLane;     // the transport's shared memory it holds while in flight
-  int unexplained_deaths = 0;       // worker deaths outside any item while it was out
-  std::int64_t sent_ns = 0;         // when it was last sent, on the scheduler's clock
+  // The skip list as last sent: the worker answers the items not in it. Items added to `skip`
+  // since (their call was stopped) are answered anyway, and their values dropped.
+  std::vector<std::uint32_t> sent_skip;
+  std::uint32_t flags = 0;       // wire.hpp's ChunkFlags, for the worker
+  std::uint32_t delivered = 0;   // items [0, delivered) of a half-decoded result have outcomes
+  std::uint32_t lane = kNoLane;  // the transport's shared memory it holds while in flight
+  int unexplained_deaths = 0;    // worker deaths outside any item while it was out
+  std::int64_t sent_ns = 0;      // when it was last sent, on the scheduler's clock
 
   /// Walks the items in order, naming each one's batch and index there.
   template <class Visit>
@@ -52,6 +57,30 @@ struct Chunk {
       visit(local, b, index);
     });
   }
+
+  /// Walks the items the worker was sent to run (not in sent_skip), saying whether each has an
+  /// outcome already.
+  template <class Visit>
+  void for_each_sent_item(Visit&& visit) const {
+    std::size_t s = 0;
+    std::size_t now = 0;
+    for_each_item([&](std::uint32_t local, Batch& b, std::size_t index) {
+      while (now < skip.size() && skip[now] < local) ++now;
+      if (s < sent_skip.size() && sent_skip[s] == local) {
+        ++s;
+        return;
+      }
+      visit(local, b, index, now < skip.size() && skip[now] == local);
+    });
+  }
+
+  /// Whether item `local` has an outcome.
+  [[nodiscard]] bool skipped(std::uint32_t local) const noexcept {
+    return std::binary_search(skip.begin(), skip.end(), local);
+  }
+
+  /// Marks item `local` as having an outcome.
+  void add_skip(std::uint32_t local) { skip.insert(std::upper_bound(skip.begin(), skip.end(), local), local); }
 
   /// Items still to run.
   [[nodiscard]] std::size_t open_items() const noexcept { return count - skip.size(); }

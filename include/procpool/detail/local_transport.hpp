@@ -234,6 +234,19 @@ class LocalTransport final : public Transport {
     (void)zygote_.request_worker(static_cast<int>(w));
   }
 
+  RunningItem withdraw(std::size_t w, std::uint64_t id, std::uint32_t from) override {
+    WorkerSlot& s = slots_[w];
+    s.withdraw_from.store(from, std::memory_order_relaxed);
+    s.withdraw_chunk.store(id, std::memory_order_seq_cst);
+    // Written, then the item read, in sequential consistency, as the worker publishes an item and
+    // then reads the withdrawal (runner.hpp): one of the two sees the other.
+    RunningItem at;
+    at.item = s.item.load(std::memory_order_seq_cst);
+    at.chunk = s.chunk_id.load(std::memory_order_seq_cst);
+    at.started_ns = s.item_started_ns.load(std::memory_order_acquire);
+    return at;
+  }
+
   [[nodiscard]] RunningItem running(std::size_t w) const override {
     const WorkerSlot& s = slots_[w];
     RunningItem at;

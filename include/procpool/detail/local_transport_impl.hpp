@@ -31,7 +31,7 @@ inline void LocalTransport::send(std::size_t index, std::uint64_t id, Chunk& c, 
   }
   Buffer& head = chunk_head_;
   head.clear();
-  append_chunk_head(head, id, c.job_id, c.count, c.skip, c.lane, lane_bytes, items.size());
+  append_chunk_head(head, id, c.job_id, c.count, c.skip, c.lane, lane_bytes, items.size(), c.flags);
   WorkerSlot& slot = slots_[index];
   const std::size_t frame_bytes = head.size() + items.size();
   // An idle worker with nothing queued gets a small chunk through its mailbox (see WorkerSlot).

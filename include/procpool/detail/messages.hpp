@@ -162,4 +162,20 @@ namespace procpool::detail {
   return fmt::format("{}: {} {} three times while handling the chunk holding ", who, worker, describe_ending(exitcode));
 }
 
+/// The message of the CancelledError of a task stopped by Future::cancel: "procpool::Pool: the
+/// submitted task was cancelled".
+[[nodiscard]] inline std::string cancelled_message(std::string_view who, std::string_view what) {
+  return fmt::format("{}: {} was cancelled", who, what);
+}
+
+/// The message of the TimeoutError of an item whose call ran out of time: "procpool::Pool: item 41
+/// had not finished when its call's timeout of 2 s passed; ...".
+[[nodiscard]] inline std::string deadline_message(std::string_view who, std::string_view what,
+                                                  std::chrono::nanoseconds timeout) {
+  return fmt::format(
+      "{}: {} had not finished when its call's timeout of {} passed; the call's unfinished items failed, and workers "
+      "running them were killed and replaced (raise the timeout, or split the work)",
+      who, what, describe_duration(timeout));
+}
+
 }  // namespace procpool::detail

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "config.hpp"
+#include "driver.hpp"
 #include "function_ref.hpp"
 #include "settings.hpp"
 
@@ -30,16 +31,14 @@ namespace procpool::detail {
 
 class Batch;
 
-class PoolCore {
+class PoolCore final : public Driver {
  public:
-  using TimePoint = std::chrono::steady_clock::time_point;
-
   /// Starts the zygote and the workers; throws procpool::Error if they cannot start.
   PROCPOOL_DECL explicit PoolCore(Settings settings);
   PoolCore(const PoolCore&) = delete;
   PoolCore& operator=(const PoolCore&) = delete;
   /// Kills what still runs, and reaps it.
-  PROCPOOL_DECL ~PoolCore();
+  PROCPOOL_DECL ~PoolCore() override;
 
   [[nodiscard]] PROCPOOL_DECL std::size_t size() const noexcept;
   [[nodiscard]] PROCPOOL_DECL const Settings& settings() const noexcept;
@@ -59,23 +58,14 @@ class PoolCore {
   /// Queues a batch of job `job` and starts sending its first chunks.
   PROCPOOL_DECL void add_batch(const std::shared_ptr<Batch>& batch, std::uint64_t job);
 
-  /// Drives the pool until `done()` holds (checked with the mutex held), or until the deadline if
-  /// one is given (then `done` should test the clock too).
-  template <class Done>
-  void wait_until(Done&& done, std::optional<TimePoint> deadline = std::nullopt) {
-    wait(FunctionRef<bool()>(done), deadline);
-  }
-  PROCPOOL_DECL void wait(FunctionRef<bool()> done, std::optional<TimePoint> deadline);
-
-  /// One round of the pool's work that does not block (results read, chunks sent, deaths handled),
-  /// unless another thread is driving the pool already: a caller polling Future::ready() sees its
-  /// task finish without any other call driving the pool.
-  PROCPOOL_DECL void make_progress();
-
-  /// Forgets a batch whose caller stopped waiting for it (its call returned or failed, or an imap
-  /// range was destroyed): the rest of its input is never read, its progress callback never called
-  /// again; chunks already out finish and are discarded.
-  PROCPOOL_DECL void forget(Batch& batch) noexcept;
+  PROCPOOL_DECL void wait(FunctionRef<bool()> done, std::optional<TimePoint> deadline) override;
+  PROCPOOL_DECL void make_progress() override;
+  PROCPOOL_DECL void forget(Batch& batch) noexcept override;
+  PROCPOOL_DECL bool cancel(Batch& batch) override;
+  /// Done callbacks run on the thread that drives the pool when the task settles, with the pool's
+  /// mutex released: a caller waiting on the pool, or, if no caller does, the pool's progress
+  /// thread, started the first time a callback waits and stopped when the pool shuts down.
+  PROCPOOL_DECL void watch(std::shared_ptr<Batch> batch) override;
 
   /// Takes ownership of a pool of fresh workers serving a call of this pool (see Pool::place): its
   /// tasks run to completion whoever holds their Future, and this pool's join(), terminate() and
@@ -99,8 +89,7 @@ class PoolCore {
   /// Pids of the live workers (for tests and diagnostics).
   [[nodiscard]] PROCPOOL_DECL std::vector<pid_t> worker_pids() const;
 
-  /// Protects the typed halves' state that the driver writes (sinks, progress).
-  [[nodiscard]] PROCPOOL_DECL std::mutex& mutex() const;
+  [[nodiscard]] PROCPOOL_DECL std::mutex& mutex() const override;
 
  private:
   struct State;

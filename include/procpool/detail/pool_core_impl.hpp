@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <condition_variable>
 #include <string>
+#include <thread>
 #include <utility>
 
 #include <fmt/core.h>
@@ -22,6 +23,15 @@ namespace procpool::detail {
 
 struct PoolCore::State {
   explicit State(Settings s) : settings(std::move(s)), transport(settings), scheduler(settings, transport, clock) {}
+  State(const State&) = delete;
+  State& operator=(const State&) = delete;
+  ~State() {
+    // shutdown() stops the progress thread; this covers a constructor that failed after starting it.
+    if (progress_thread.joinable()) {
+      std::unique_lock lock(mu);
+      stop_progress_thread(lock);
+    }
+  }
 
   /// One round by this thread, which becomes the driver for it.
   void drive_round(std::unique_lock<std::mutex>& lock, std::optional<TimePoint> deadline, bool spin) {
@@ -85,6 +95,59 @@ struct PoolCore::State {
     return timeout_ms;
   }
 
+  /// Runs the done callbacks of watched calls that settled, with the mutex released while each runs;
+  /// then whoever waits for them (a Future's get()) looks again.
+  void run_settled_callbacks(std::unique_lock<std::mutex>& lock) {
+    if (watched.empty()) return;
+    std::vector<std::shared_ptr<Batch>> settled;
+    std::erase_if(watched, [&](const std::shared_ptr<Batch>& b) {
+      if (!b->settled()) return false;
+      settled.push_back(b);
+      return true;
+    });
+    if (settled.empty()) return;
+    for (const auto& b : settled) b->run_done_callbacks(lock);
+    cv.notify_all();
+    // A thread asleep in poll for such a call wakes up to see it done.
+    if (!scheduler.lifecycle().stopped()) transport.wake();
+  }
+
+  /// The progress thread: drives the pool while a call with done callbacks has not settled and no
+  /// caller drives it, so that callbacks run even if the caller's threads never call the pool again.
+  void progress_loop() {
+    std::unique_lock lock(mu);
+    for (;;) {
+      run_settled_callbacks(lock);
+      if (progress_stop) return;
+      if (watched.empty() || driving || scheduler.lifecycle().stopped()) {
+        cv.wait(lock);
+        continue;
+      }
+      try {
+        drive_round(lock, std::nullopt, /*spin=*/true);
+      } catch (...) {
+        // A round failed (a system call that should not): callers see the same when they drive.
+        // Try again a little later rather than spin on the failure.
+        if (!lock.owns_lock()) lock.lock();
+        cv.wait_for(lock, std::chrono::milliseconds{10});
+      }
+    }
+  }
+
+  /// Stops the progress thread, if there is one (with the mutex held; released while joining).
+  void stop_progress_thread(std::unique_lock<std::mutex>& lock) {
+    progress_stop = true;
+    cv.notify_all();
+    if (!progress_thread.joinable()) return;
+    if (progress_thread.get_id() == std::this_thread::get_id()) {
+      progress_thread.detach();  // a done callback shut its own pool down: the loop ends when it returns
+      return;
+    }
+    lock.unlock();
+    progress_thread.join();
+    lock.lock();
+  }
+
   /// Shuts the adopted pools of fresh workers down like this one (see adopt).
   void shutdown_adopted(bool graceful) noexcept {
     std::vector<std::shared_ptr<PoolCore>> cores;
@@ -116,6 +179,12 @@ struct PoolCore::State {
   bool driving = false;  // a thread is in a round (the mutex is released while it waits)
   WaitSet wait_set;      // the driver's scratch, reused across rounds
   std::vector<std::size_t> wrote;
+
+  // Calls with done callbacks waiting to run (see watch), and the thread that drives the pool for
+  // them when no caller does.
+  std::vector<std::shared_ptr<Batch>> watched;
+  std::thread progress_thread;
+  bool progress_stop = false;
 
   // Pools of fresh workers serving calls of this one (see adopt). Its own mutex, never held while
   // calling into them: their progress callbacks may call this pool.
@@ -183,6 +252,7 @@ PROCPOOL_DECL void PoolCore::wait(FunctionRef<bool()> done, std::optional<TimePo
       continue;
     }
     s_->drive_round(lock, deadline, /*spin=*/true);
+    s_->run_settled_callbacks(lock);
   }
 }
 
@@ -191,6 +261,38 @@ PROCPOOL_DECL void PoolCore::make_progress() {
   std::unique_lock lock(s_->mu);
   if (s_->driving || s_->scheduler.lifecycle().stopped()) return;
   s_->drive_round(lock, std::chrono::steady_clock::now(), /*spin=*/false);
+  s_->run_settled_callbacks(lock);
+}
+
+PROCPOOL_DECL bool PoolCore::cancel(Batch& batch) {
+  check_not_in_callback();
+  std::unique_lock lock(s_->mu);
+  const bool stopped = s_->scheduler.abort(batch, Abort::cancelled);
+  if (stopped) {
+    // Chunks it shared with other calls may be back in the queue for another worker.
+    if (!s_->driving) {
+      s_->scheduler.dispatch();
+      s_->transport.flush_all();
+    } else {
+      s_->transport.wake();
+    }
+  }
+  s_->cv.notify_all();
+  s_->run_settled_callbacks(lock);
+  return stopped;
+}
+
+PROCPOOL_DECL void PoolCore::watch(std::shared_ptr<Batch> batch) {
+  std::unique_lock lock(s_->mu);
+  if (std::find(s_->watched.begin(), s_->watched.end(), batch) == s_->watched.end())
+    s_->watched.push_back(std::move(batch));
+  if (s_->scheduler.lifecycle().stopped()) {
+    s_->run_settled_callbacks(lock);
+    return;
+  }
+  if (!s_->progress_thread.joinable() && !s_->progress_stop)
+    s_->progress_thread = std::thread([state = s_.get()] { state->progress_loop(); });
+  s_->cv.notify_all();
 }
 
 PROCPOOL_DECL void PoolCore::forget(Batch& batch) noexcept {
@@ -262,6 +364,9 @@ PROCPOOL_DECL void PoolCore::shutdown(bool graceful) {
   s.transport.close();
   s.scheduler.lifecycle().finish();
   s.cv.notify_all();
+  // terminate() failed what had not finished: their callbacks run now.
+  s.run_settled_callbacks(lock);
+  s.stop_progress_thread(lock);
 }
 
 PROCPOOL_DECL void PoolCore::ensure_usable() const {

@@ -21,6 +21,7 @@
 
 #include "../codec.hpp"
 #include "buffer.hpp"
+#include "chunk_flags.hpp"
 #include "remote_exception.hpp"
 
 namespace procpool::detail {
@@ -33,6 +34,10 @@ struct alignas(64) WorkerSlot {
   std::atomic<std::uint32_t> item{0};            // local index in that chunk
   std::atomic<std::int64_t> item_started_ns{0};  // CLOCK_MONOTONIC, written only when timeouts are on
   std::atomic<std::uint32_t> initialized{0};     // 1 once the initializer returned (the timeout covers it)
+  // A withdrawal: the worker starts no item at or after local index withdraw_from of chunk
+  // withdraw_chunk (the parent writes withdraw_from first), and answers the chunk with what it ran.
+  std::atomic<std::uint64_t> withdraw_chunk{0};
+  std::atomic<std::uint32_t> withdraw_from{0};
   // Bumped after every write on the worker's socket, by the parent (to_worker) and by the worker
   // (to_parent). The waiting side spins on these loads, which cost nothing, instead of on system
   // calls, and only then reads the socket.
@@ -73,7 +78,10 @@ struct ChunkWork {
   /// frame (wire.hpp's SkipIndices::bytes()), which need not be aligned.
   std::span<const std::byte> skip;
   WorkerSlot* slot = nullptr;
-  bool timed = false;
+  std::uint64_t chunk_id = 0;
+  std::uint32_t flags = 0;  // ChunkFlags
+
+  [[nodiscard]] bool timed() const noexcept { return (flags & kChunkTimed) != 0; }
 
   [[nodiscard]] std::size_t skip_count() const noexcept { return skip.size() / sizeof(std::uint32_t); }
   [[nodiscard]] std::uint32_t skip_at(std::size_t k) const noexcept {
@@ -88,6 +96,7 @@ struct ChunkOutput {
   Buffer& values;
   Buffer& failures;
   std::uint32_t failed_count = 0;
+  std::uint32_t answered = 0;  // items [0, answered) ran (or failed); the rest were withdrawn
 };
 
 /// A job as the worker holds it: the callable, rebuilt from its bytes, and how to apply it to items.
@@ -181,6 +190,7 @@ class Runner final : public JobRunner {
     std::size_t next_skip = 0;
     const std::size_t skip_count = work.skip_count();
     In item{};
+    out.answered = work.count;
     const auto fail = [&](std::uint32_t index, const RemoteException& why) {
       failures.write_bytes(&index, sizeof index);
       encode(failures, why);
@@ -207,8 +217,22 @@ class Runner final : public JobRunner {
         ++next_skip;
         continue;
       }
-      work.slot->item.store(i, std::memory_order_relaxed);
-      if (work.timed) work.slot->item_started_ns.store(monotonic_ns(), std::memory_order_release);
+      // The parent may withdraw the rest of the chunk (a cancelled task, a call past its deadline).
+      // For a chunk holding a task that may be cancelled, the item is published and the withdrawal
+      // read in sequential consistency, as the parent writes the withdrawal and then reads the item:
+      // either this worker sees the withdrawal and does not start the item, or the parent sees the
+      // item started and kills the worker. Elsewhere a late withdrawal only costs a run whose
+      // outcome is discarded, and the cheaper relaxed store keeps map's per-item cost down.
+      if ((work.flags & kChunkExactStop) != 0)
+        work.slot->item.store(i, std::memory_order_seq_cst);
+      else
+        work.slot->item.store(i, std::memory_order_relaxed);
+      if (work.slot->withdraw_chunk.load(std::memory_order_seq_cst) == work.chunk_id &&
+          i >= work.slot->withdraw_from.load(std::memory_order_relaxed)) {
+        out.answered = i;
+        return;
+      }
+      if (work.timed()) work.slot->item_started_ns.store(monotonic_ns(), std::memory_order_release);
       // A result whose encoding throws part-way leaves no bytes behind: the next item's value
       // must start where this one's would have.
       const std::size_t mark = out.values.size();

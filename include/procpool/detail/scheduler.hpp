@@ -55,6 +55,11 @@ class Transport {
   virtual void retire(std::size_t w) = 0;
   /// Kills w (it is then reported lost).
   virtual void kill(std::size_t w) = 0;
+  /// Asks w not to start item `from` of chunk `id`, nor any after it in that chunk: it then answers
+  /// the chunk with what it ran before (see ResultsHeader::answered). Returns what w runs, read
+  /// after the request was posted: if that is an item at or after `from`, w had started it. A
+  /// transport that cannot withdraw items leaves them to run (their outcomes are then dropped).
+  virtual RunningItem withdraw(std::size_t w, std::uint64_t /*id*/, std::uint32_t /*from*/) { return running(w); }
   /// Asks for a new worker in slot w (reported started, or spawn_failed).
   virtual void replace(std::size_t w) = 0;
   /// What w runs now.
@@ -123,8 +128,18 @@ class Scheduler {
       jobs_.release(job);  // an empty input
       return;
     }
+    if (batch->timeout_.count() > 0) {
+      batch->deadline_ns_ = clock_.now_ns() + batch->timeout_.count();
+      deadlines_.push_back(batch);
+    }
     batches_.push_back(batch);
   }
+
+  /// Stops a call before all its items ran (Future::cancel, a call's deadline): every item without
+  /// an outcome fails (CancelledError, TimeoutError); items not started never start; running ones
+  /// are killed with their workers, which are replaced, and the other items those workers held run
+  /// elsewhere. False if the call had settled already.
+  bool abort(Batch& b, Abort why);
 
   /// The caller stopped waiting for a batch: the rest of its input is never read, its callback
   /// never called again; chunks already out finish and are discarded.
@@ -179,28 +194,37 @@ class Scheduler {
     while (!batches_.empty() && batches_.front()->source_done_) batches_.pop_front();
   }
 
-  /// Enforces the task timeout and asks again for workers that could not be started.
+  /// Enforces the task timeouts and the calls' deadlines, and asks again for workers that could not
+  /// be started.
   void tick() {
     const std::int64_t now = clock_.now_ns();
-    if (settings_.timed()) {
-      const std::int64_t limit = settings_.task_timeout.count();
-      for (std::size_t w = 0; w < workers_.size(); ++w) {
-        WorkerRecord& r = workers_[w];
-        if (r.state != WorkerState::running) continue;
-        // The timeout covers the initializer too: a worker that never finishes it never runs a task.
-        // (Without one, a worker's start-up is not timed: under load it may take longer than a
-        // short timeout, and the pool must not break for that.)
-        if (settings_.initializer && !r.init_timed_out && !transport_.initialized(w) && now - r.started_ns >= limit) {
-          r.init_timed_out = true;
-          transport_.kill(w);
-          continue;
-        }
-        if (r.in_flight.empty() || r.timed_out) continue;
-        const RunningItem at = transport_.running(w);
-        if (at.chunk == 0 || at.started_ns == 0 || now - at.started_ns < limit) continue;
-        r.timed_out = at;
+    for (std::size_t w = 0; w < workers_.size(); ++w) {
+      WorkerRecord& r = workers_[w];
+      if (r.state != WorkerState::running) continue;
+      // The timeout covers the initializer too: a worker that never finishes it never runs a task.
+      // (Without one, a worker's start-up is not timed: under load it may take longer than a
+      // short timeout, and the pool must not break for that.)
+      if (settings_.timed() && settings_.initializer && !r.init_timed_out && !transport_.initialized(w) &&
+          now - r.started_ns >= settings_.task_timeout.count()) {
+        r.init_timed_out = true;
         transport_.kill(w);
+        continue;
       }
+      if (r.in_flight.empty() || r.timed_out || r.stopped_for_abort) continue;
+      const RunningItem at = transport_.running(w);
+      if (at.chunk == 0 || at.started_ns == 0) continue;
+      const std::int64_t limit = item_limit_ns(at);
+      if (limit == 0 || now - at.started_ns < limit) continue;
+      r.timed_out = at;
+      r.timed_out_limit = std::chrono::nanoseconds{limit};
+      transport_.kill(w);
+    }
+    if (!deadlines_.empty()) {
+      // abort() may settle calls and drop them from the list: walk a copy.
+      const std::vector<std::shared_ptr<Batch>> due = deadlines_;
+      for (const auto& b : due)
+        if (!b->settled() && now >= b->deadline_ns_) abort(*b, Abort::deadline);
+      std::erase_if(deadlines_, [](const auto& b) { return b->settled(); });
     }
     if (!lifecycle_.replaces_workers()) return;
     for (std::size_t w = 0; w < workers_.size(); ++w)
@@ -215,14 +239,21 @@ class Scheduler {
     for (std::size_t w = 0; w < workers_.size(); ++w) {
       const WorkerRecord& r = workers_[w];
       if (r.state == WorkerState::vacant && lifecycle_.replaces_workers()) consider(r.next_attempt_ns);
-      if (!settings_.timed() || r.state != WorkerState::running) continue;
-      const std::int64_t limit = settings_.task_timeout.count();
-      if (settings_.initializer && !r.init_timed_out && !transport_.initialized(w)) consider(r.started_ns + limit);
+      if (r.state != WorkerState::running) continue;
+      if (settings_.timed() && settings_.initializer && !r.init_timed_out && !transport_.initialized(w))
+        consider(r.started_ns + settings_.task_timeout.count());
       // A worker already killed for its timeout has nothing more to time: its loss is reported.
-      if (r.in_flight.empty() || r.timed_out) continue;
+      if (r.in_flight.empty() || r.timed_out || r.stopped_for_abort) continue;
       const RunningItem at = transport_.running(w);
-      consider(at.chunk != 0 && at.started_ns != 0 ? at.started_ns + limit : now + limit);
+      if (at.chunk != 0 && at.started_ns != 0) {
+        if (const std::int64_t limit = item_limit_ns(at); limit > 0) consider(at.started_ns + limit);
+      } else if (const auto c = chunks_.find(r.in_flight.front()); c != chunks_.end()) {
+        // Not started yet (or its start not seen yet): look again within its limit.
+        if (const std::int64_t limit = chunk_limit_ns(c->second); limit > 0) consider(now + limit);
+      }
     }
+    for (const auto& b : deadlines_)
+      if (!b->settled()) consider(b->deadline_ns_);
     if (!next) return std::nullopt;
     return std::chrono::nanoseconds{std::max<std::int64_t>(0, *next - now)};
   }
@@ -316,7 +347,11 @@ class Scheduler {
     std::size_t items_assigned = 0;       // since it started, for max_tasks_per_worker
     bool retiring = false;
     bool ready = false;
-    std::optional<RunningItem> timed_out;  // killed for the task timeout while running this
+    std::optional<RunningItem> timed_out;         // killed for the task timeout while running this
+    std::chrono::nanoseconds timed_out_limit{0};  // the limit it ran past
+    bool stopped_for_abort = false;               // killed because it ran an item of a stopped call: nobody is to blame
+    std::uint64_t withdrawn_chunk = 0;            // the chunk a withdrawal was posted for
+    std::uint32_t withdrawn_from = 0;
     std::optional<std::string> init_failure;
     int init_deaths = 0;  // deaths in a row before the initializer finished
     std::int64_t started_ns = 0;
@@ -337,7 +372,6 @@ class Scheduler {
   void fail_batch(Batch& b, std::exception_ptr error);
   void cut_stream(Batch& b, const std::string& why);
   void report_progress(Batch& b);
-  void resume_after_item(std::size_t w, std::uint64_t id, std::uint32_t last);
   void requeue_from(std::size_t w, std::uint64_t id);
   void finish_chunk(std::uint64_t id);
   void fail_chunk(std::uint64_t id, const std::string& prefix, const std::string& suffix = "");
@@ -345,6 +379,15 @@ class Scheduler {
   void fail_undispatched(const std::string& why);
   void fail_all_if_no_workers();
   void blame(std::size_t w, Chunk& c, const RunningItem& at, int exitcode);
+  [[nodiscard]] std::int64_t batch_limit_ns(const Batch& b) const noexcept {
+    return b.task_timeout_.count() > 0 ? b.task_timeout_.count() : settings_.task_timeout.count();
+  }
+  [[nodiscard]] Batch* batch_of(const Chunk& c, std::uint32_t local, std::size_t* index = nullptr) const;
+  [[nodiscard]] std::int64_t item_limit_ns(const RunningItem& at) const;
+  [[nodiscard]] std::int64_t chunk_limit_ns(const Chunk& c) const;
+  [[nodiscard]] std::exception_ptr abort_error(const Batch& b, std::size_t index) const;
+  void stop_in_flight(std::size_t w, std::uint64_t id, const std::vector<std::uint32_t>& stopped);
+  void answered_part(std::size_t w, std::uint64_t id, std::uint32_t answered);
 
   const Settings& settings_;
   Transport& transport_;
@@ -355,7 +398,8 @@ class Scheduler {
   std::string spawn_error_;
   std::deque<std::shared_ptr<Batch>> batches_;
   std::unordered_map<std::uint64_t, Chunk> chunks_;
-  std::deque<std::uint64_t> requeued_;  // chunks that ran on a dead worker go first
+  std::deque<std::uint64_t> requeued_;             // chunks that ran on a dead worker go first
+  std::vector<std::shared_ptr<Batch>> deadlines_;  // calls with a deadline, until they settle
   std::uint64_t next_chunk_id_ = 1;
   std::int64_t now_ = 0;  // the clock when the current dispatch began
   // Encoding buffers of finished chunks kept for the next ones, at most this many and this much:

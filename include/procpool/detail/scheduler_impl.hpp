@@ -138,6 +138,10 @@ inline std::size_t Scheduler::chunk_size_for(const Batch& b) const {
 inline void Scheduler::send(std::size_t w, std::uint64_t id) {
   WorkerRecord& r = workers_[w];
   Chunk& c = chunks_.at(id);
+  c.sent_skip = c.skip;
+  c.flags = chunk_limit_ns(c) > 0 ? std::uint32_t{kChunkTimed} : 0;
+  for (const Segment& seg : c.segments)
+    if (seg.batch->cancellable()) c.flags |= kChunkExactStop;
   transport_.send(w, id, c, jobs_.at(c.job_id), r.in_flight.empty());
   c.sent_ns = now_;
   r.in_flight.push_back(id);
@@ -210,25 +214,33 @@ inline void Scheduler::results(std::size_t w, std::uint64_t id, std::span<const 
                                std::span<const std::byte> lane) {
   WorkerRecord& r = workers_[w];
   if (r.in_flight.empty() || r.in_flight.front() != id) throw DecodeError("results for a chunk not in flight");
+  if (r.withdrawn_chunk == id) r.withdrawn_chunk = 0;
   Chunk& c = chunks_.at(id);
   const ParsedResults parsed = parse_results(payload, c.count, lane);
   const auto& failed = parsed.failed;
   const Segment& only = c.segments.front();
+  const std::uint32_t answered = parsed.header.answered;
   for (const Segment& seg : c.segments) seg.batch->note_results(seg.count, parsed.values.size() * seg.count / c.count);
   // A value whose decoding threw in the caller's own code (a serialize that validates): that item
   // fails with the exception. Where the next value starts is then unknown, so the items after it
-  // run again (see resume_after_item).
-  std::optional<std::uint32_t> resume_after;
-  if (!(failed.empty() && c.skip.empty() && c.segments.size() == 1 &&
+  // run again (see answered_part).
+  std::optional<std::uint32_t> resume_from;
+  if (!(answered == c.count && failed.empty() && c.skip.empty() && c.sent_skip.empty() && c.segments.size() == 1 &&
         only.batch->accept_bulk(only.first, only.count, parsed.values))) {
     Decoder values(parsed.values);
     std::size_t f = 0;
-    c.for_each_open_item([&](std::uint32_t local, Batch& b, std::size_t index) {
-      if (resume_after) return;
+    c.for_each_sent_item([&](std::uint32_t local, Batch& b, std::size_t index, bool has_outcome) {
+      if (resume_from || local >= answered) return;
       if (f < failed.size() && failed[f].first == local) {
-        const std::string context = fmt::format("procpool::Pool: {} in {}", b.describe(index), transport_.describe(w));
-        b.accept_error(index, std::make_exception_ptr(make_remote_error(failed[f].second, context, index)));
+        if (!has_outcome) {
+          const std::string context =
+              fmt::format("procpool::Pool: {} in {}", b.describe(index), transport_.describe(w));
+          b.accept_error(index, std::make_exception_ptr(make_remote_error(failed[f].second, context, index)));
+        }
         ++f;
+      } else if (has_outcome) {
+        // Its call was stopped while it was out: the value is read past and dropped.
+        b.discard_value(values);
       } else {
         try {
           b.accept_value(index, values);
@@ -238,19 +250,19 @@ inline void Scheduler::results(std::size_t w, std::uint64_t id, std::span<const 
           throw;
         } catch (...) {
           b.accept_error(index, std::current_exception());
-          resume_after = local;
+          resume_from = local + 1;
         }
       }
       // Should a later item's bytes be corrupt, this one keeps the outcome it already has.
       c.delivered = local + 1;
     });
-    if (!resume_after && values.remaining() != 0) throw DecodeError("trailing bytes after the results");
+    if (!resume_from && values.remaining() != 0) throw DecodeError("trailing bytes after the results");
   }
-  if (resume_after) {
-    resume_after_item(w, id, *resume_after);
+  if (resume_from || answered < c.count) {
+    answered_part(w, id, resume_from.value_or(answered));
     return;
   }
-  jobs_.record_cost(c.job_id, parsed.header.compute_ns, c.open_items());
+  jobs_.record_cost(c.job_id, parsed.header.compute_ns, c.count - c.sent_skip.size());
   // Decoded: memory lent for it may now serve another chunk.
   transport_.release(w, id, c);
   r.in_flight.pop_front();
@@ -258,13 +270,14 @@ inline void Scheduler::results(std::size_t w, std::uint64_t id, std::span<const 
   if (r.retiring && r.in_flight.empty()) retire(w);
 }
 
-/// Items [0, last] of chunk `id`, which w answered, have their outcomes; the chunk's later items
-/// run again (on whichever worker is free first), because their values could not be located.
-inline void Scheduler::resume_after_item(std::size_t w, std::uint64_t id, std::uint32_t last) {
+/// Items [0, answered) of chunk `id`, which w answered, have their outcomes; the chunk's later
+/// items run again (on whichever worker is free first): they were withdrawn before they started,
+/// or their values could not be located.
+inline void Scheduler::answered_part(std::size_t w, std::uint64_t id, std::uint32_t answered) {
   Chunk& c = chunks_.at(id);
   std::vector<std::uint32_t> done;
   c.for_each_open_item([&](std::uint32_t local, Batch& b, std::size_t) {
-    if (local > last) return;
+    if (local >= answered) return;
     done.push_back(local);
     completed(b, 1);
     report_progress(b);
@@ -358,6 +371,9 @@ inline void Scheduler::lost(std::size_t w, int exitcode, RunningItem at_death) {
       // (and the next one started) by the time the kill landed; if its chunk was answered
       // meanwhile, nobody is, and the chunk at hand simply runs again.
       if (r.timed_out->chunk == id && r.timed_out->item < c.count) blame(w, c, *r.timed_out, exitcode);
+    } else if (first && r.stopped_for_abort) {
+      // Killed to stop a call's running item, which has its outcome: nobody is to blame (the kill
+      // may have landed after the worker moved on to another call's item), and the rest runs again.
     } else if (first && at_death.chunk == id && at_death.item < c.count) {
       blame(w, c, at_death, exitcode);
     } else if (first && ++c.unexplained_deaths >= 3) {
@@ -394,6 +410,7 @@ inline void Scheduler::lost(std::size_t w, int exitcode, RunningItem at_death) {
 /// Fails the item w was running when it died: with TimeoutError if the scheduler killed it for
 /// that, else with ProcessError saying how it ended.
 inline void Scheduler::blame(std::size_t w, Chunk& c, const RunningItem& at, int exitcode) {
+  if (c.skipped(at.item)) return;  // its call was stopped: it has its outcome
   Batch* owner = nullptr;
   std::size_t index = 0;
   c.for_each_item([&](std::uint32_t local, Batch& b, std::size_t i) {
@@ -407,13 +424,13 @@ inline void Scheduler::blame(std::size_t w, Chunk& c, const RunningItem& at, int
   std::exception_ptr error;
   if (r.timed_out && r.timed_out->chunk == at.chunk && r.timed_out->item == at.item) {
     error = std::make_exception_ptr(
-        TimeoutError(task_timeout_message(kWho, owner->describe(index), settings_.task_timeout, who), index));
+        TimeoutError(task_timeout_message(kWho, owner->describe(index), r.timed_out_limit, who), index));
   } else {
     error = std::make_exception_ptr(
         ProcessError(worker_ended_message(kWho, who, exitcode, owner->describe(index)), exitcode, index));
   }
   owner->accept_error(index, error);
-  c.skip.insert(std::upper_bound(c.skip.begin(), c.skip.end(), at.item), at.item);
+  c.add_skip(at.item);
   completed(*owner, 1);
   report_progress(*owner);
 }
@@ -472,6 +489,125 @@ inline void Scheduler::fail_all_if_no_workers() {
     return r.state == WorkerState::running || r.state == WorkerState::starting;
   });
   if (!any) fail_pending(fmt::format("no worker could be started ({})", spawn_error_));
+}
+
+// ---- stopping a call: cancel and deadlines ---------------------------------------------------
+
+inline Batch* Scheduler::batch_of(const Chunk& c, std::uint32_t local, std::size_t* index) const {
+  std::uint32_t first = 0;
+  for (const Segment& seg : c.segments) {
+    if (local < first + seg.count) {
+      if (index != nullptr) *index = seg.first + (local - first);
+      return seg.batch.get();
+    }
+    first += seg.count;
+  }
+  return nullptr;
+}
+
+/// The time limit of the item a worker runs: its call's task_timeout, else the pool's; 0: none.
+inline std::int64_t Scheduler::item_limit_ns(const RunningItem& at) const {
+  const auto c = chunks_.find(at.chunk);
+  if (c == chunks_.end()) return settings_.task_timeout.count();
+  const Batch* b = batch_of(c->second, at.item);
+  return b != nullptr ? batch_limit_ns(*b) : settings_.task_timeout.count();
+}
+
+/// The shortest time limit of a chunk's items; 0: none.
+inline std::int64_t Scheduler::chunk_limit_ns(const Chunk& c) const {
+  std::int64_t limit = 0;
+  for (const Segment& seg : c.segments)
+    if (const std::int64_t l = batch_limit_ns(*seg.batch); l > 0) limit = limit == 0 ? l : std::min(limit, l);
+  return limit;
+}
+
+inline std::exception_ptr Scheduler::abort_error(const Batch& b, std::size_t index) const {
+  if (b.aborted_ == Abort::cancelled)
+    return std::make_exception_ptr(CancelledError(cancelled_message(kWho, b.describe(index))));
+  return std::make_exception_ptr(TimeoutError(deadline_message(kWho, b.describe(index), b.timeout_), index));
+}
+
+inline bool Scheduler::abort(Batch& b, Abort why) {
+  if (b.settled()) return false;
+  b.aborted_ = why;
+  std::size_t stopped_items = 0;
+  // Items out in chunks: they get their outcome now; the chunks learn they need not run them.
+  std::vector<std::uint64_t> ids;
+  for (const auto& [id, c] : chunks_) ids.push_back(id);
+  std::sort(ids.begin(), ids.end());
+  std::unordered_map<std::uint64_t, std::size_t> holder;  // chunk id -> the worker it is out on
+  for (std::size_t w = 0; w < workers_.size(); ++w)
+    for (const std::uint64_t id : workers_[w].in_flight) holder[id] = w;
+  for (const std::uint64_t id : ids) {
+    Chunk& c = chunks_.at(id);
+    std::vector<std::uint32_t> stopped;
+    c.for_each_open_item([&](std::uint32_t local, Batch& owner, std::size_t index) {
+      if (&owner != &b) return;
+      owner.accept_error(index, abort_error(b, index));
+      stopped.push_back(local);
+    });
+    if (stopped.empty()) continue;
+    for (const std::uint32_t local : stopped) c.add_skip(local);
+    stopped_items += stopped.size();
+    if (const auto h = holder.find(id); h != holder.end()) {
+      stop_in_flight(h->second, id, stopped);
+    } else if (c.open_items() == 0) {
+      std::erase(requeued_, id);
+      chunks_.erase(id);
+    }
+  }
+  completed(b, stopped_items);
+  // Items not dispatched yet: they fail by index, and the input is not read for them. A stream is
+  // cut where it is (it may be endless); its iteration ends with the reason.
+  if (!b.source_done_) {
+    if (b.streaming() || !b.total_known_) {
+      b.cut_reason_ =
+          b.aborted_ == Abort::cancelled
+              ? fmt::format("procpool::Pool: this call was cancelled after its first {} items", b.dispatched_)
+              : fmt::format("procpool::Pool: this call's timeout of {} passed after its first {} items "
+                            "had been dispatched; the rest of its input did not run",
+                            describe_duration(b.timeout_), b.dispatched_);
+      stop_dispatch(b);
+    } else {
+      const std::size_t n = b.total_ - b.dispatched_;
+      for (std::size_t i = b.dispatched_; i < b.total_; ++i) b.accept_error(i, abort_error(b, i));
+      jobs_.at(b.job_id_).undispatched -= n;
+      b.dispatched_ = b.total_;
+      b.source_done_ = true;
+      completed(b, n);
+    }
+  }
+  report_progress(b);
+  return true;
+}
+
+/// Items `stopped` of chunk `id`, out on w, have their outcomes: w must not start them. If it runs
+/// one of them now, it is killed (and replaced); otherwise they are withdrawn, and should w start
+/// one before it sees the withdrawal (the transport tells), it is killed after all.
+inline void Scheduler::stop_in_flight(std::size_t w, std::uint64_t id, const std::vector<std::uint32_t>& stopped) {
+  WorkerRecord& r = workers_[w];
+  if ((r.state != WorkerState::running && r.state != WorkerState::leaving) || r.stopped_for_abort) return;
+  const auto running_one_of_them = [&](const RunningItem& at) {
+    return at.chunk == id && std::binary_search(stopped.begin(), stopped.end(), at.item);
+  };
+  RunningItem at = transport_.running(w);
+  if (!running_one_of_them(at)) {
+    // The first stopped item it has not started yet: nothing from there on starts. (A chunk's items
+    // after that which belong to other calls run again elsewhere.)
+    const std::uint32_t from_item = at.chunk == id ? at.item + 1 : 0;
+    const auto first = std::lower_bound(stopped.begin(), stopped.end(), from_item);
+    if (first == stopped.end()) return;  // they all ran already: their values are dropped
+    // One withdrawal at a time per worker: the earlier chunk keeps it (items of a later one that
+    // start before its turn just run, and their values are dropped).
+    if (r.withdrawn_chunk != 0 && r.withdrawn_chunk < id) return;
+    const std::uint32_t from = r.withdrawn_chunk == id ? std::min(r.withdrawn_from, *first) : *first;
+    r.withdrawn_chunk = id;
+    r.withdrawn_from = from;
+    at = transport_.withdraw(w, id, from);
+    if (!running_one_of_them(at)) return;
+  }
+  r.stopped_for_abort = true;
+  transport_.kill(w);
 }
 
 }  // namespace procpool::detail

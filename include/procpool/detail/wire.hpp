@@ -23,6 +23,7 @@
 #include "../codec.hpp"
 #include "../error.hpp"
 #include "buffer.hpp"
+#include "chunk_flags.hpp"
 #include "lanes.hpp"
 #include "remote_exception.hpp"
 
@@ -84,7 +85,7 @@ struct ChunkHeader {
   std::uint32_t count;       // items in the chunk
   std::uint32_t skip_count;  // local indices (u32 each) that follow, not to be run again
   std::uint32_t lane;        // the pair of lanes the chunk holds (see LaneArea), or kNoLane
-  std::uint32_t reserved;
+  std::uint32_t flags;       // ChunkFlags
   std::uint64_t lane_bytes;  // > 0: the items are the first lane_bytes of the items lane, not in the frame
 };
 static_assert(sizeof(ChunkHeader) == 32);
@@ -97,8 +98,10 @@ struct ResultsHeader {
   std::uint64_t failures_size;  // bytes of the failure records
   std::uint64_t compute_ns;     // time spent running the chunk's items, for chunk sizing
   std::uint64_t lane_bytes;  // > 0: the values are the first lane_bytes of the chunk's results lane, not in the frame
+  std::uint32_t answered;    // items [0, answered) have outcomes here; the rest were withdrawn before they started
+  std::uint32_t reserved;
 };
-static_assert(sizeof(ResultsHeader) == 32);
+static_assert(sizeof(ResultsHeader) == 40);
 static_assert(std::is_trivially_copyable_v<FrameHeader> && std::is_trivially_copyable_v<ChunkHeader> &&
               std::is_trivially_copyable_v<ResultsHeader>);
 
@@ -182,10 +185,10 @@ inline void append_job_frame(Buffer& out, std::uint64_t job_id, std::uintptr_t r
 /// must be 0. (parse_chunk rejects anything else.)
 inline void append_chunk_head(Buffer& out, std::uint64_t chunk_id, std::uint64_t job_id, std::uint32_t count,
                               std::span<const std::uint32_t> skip, std::uint32_t lane, std::uint64_t lane_bytes,
-                              std::size_t inline_items_bytes) {
+                              std::size_t inline_items_bytes, std::uint32_t flags = 0) {
   const std::size_t skip_bytes = skip.size_bytes();
   const FrameHeader h{FrameKind::chunk, 0, chunk_id, sizeof(ChunkHeader) + skip_bytes + inline_items_bytes};
-  const ChunkHeader ch{job_id, count, static_cast<std::uint32_t>(skip.size()), lane, 0, lane_bytes};
+  const ChunkHeader ch{job_id, count, static_cast<std::uint32_t>(skip.size()), lane, flags, lane_bytes};
   std::byte* p = out.grow(sizeof h + sizeof ch + skip_bytes);
   std::memcpy(p, &h, sizeof h);
   std::memcpy(p + sizeof h, &ch, sizeof ch);
@@ -196,11 +199,12 @@ inline void append_chunk_head(Buffer& out, std::uint64_t chunk_id, std::uint64_t
 /// failure records), which must be followed by exactly `inline_values_bytes` of encoded values,
 /// sent from wherever they are. `failures`: `failed_count` (u32 local index, RemoteException)
 /// records in ascending index order. `lane_bytes` > 0: the values are the first lane_bytes of the
-/// chunk's results lane, and `inline_values_bytes` must be 0.
+/// chunk's results lane, and `inline_values_bytes` must be 0. `answered` (default: all): items from
+/// there on were withdrawn before they started, and have neither a value nor a failure here.
 inline void append_results_head(Buffer& out, std::uint64_t chunk_id, std::uint32_t count, std::uint32_t failed_count,
                                 std::span<const std::byte> failures, std::uint64_t compute_ns, std::uint64_t lane_bytes,
-                                std::size_t inline_values_bytes) {
-  const ResultsHeader rh{count, failed_count, failures.size(), compute_ns, lane_bytes};
+                                std::size_t inline_values_bytes, std::optional<std::uint32_t> answered = std::nullopt) {
+  const ResultsHeader rh{count, failed_count, failures.size(), compute_ns, lane_bytes, answered.value_or(count), 0};
   const FrameHeader h{FrameKind::results, 0, chunk_id, sizeof rh + failures.size() + inline_values_bytes};
   std::byte* p = out.grow(sizeof h + sizeof rh + failures.size());
   std::memcpy(p, &h, sizeof h);
@@ -276,6 +280,7 @@ struct ParsedChunk {
   std::uint64_t chunk_id = 0;
   std::uint64_t job_id = 0;
   std::uint32_t count = 0;           // items in the chunk
+  std::uint32_t flags = 0;           // ChunkFlags
   SkipIndices skip;                  // ascending, each < count: decoded but not run
   std::uint32_t lane = kNoLane;      // < the lane count given to parse_chunk, or kNoLane
   std::uint64_t lane_bytes = 0;      // > 0: the items are the first lane_bytes of lane `lane`'s items lane
@@ -296,6 +301,8 @@ struct ParsedChunk {
                                   payload.size(), sizeof ch));
   std::memcpy(&ch, payload.data(), sizeof ch);
   const std::size_t after_header = payload.size() - sizeof ch;
+  if ((ch.flags & ~std::uint32_t{kChunkKnownFlags}) != 0) [[unlikely]]
+    throw DecodeError(fmt::format("procpool: a chunk frame has unknown flags {:#x}", ch.flags));
   if (ch.skip_count > after_header / sizeof(std::uint32_t)) [[unlikely]]
     throw DecodeError(fmt::format("procpool: a chunk frame lists {} skipped items but holds {} bytes after its header",
                                   ch.skip_count, after_header));
@@ -303,6 +310,7 @@ struct ParsedChunk {
   out.chunk_id = h.id;
   out.job_id = ch.job_id;
   out.count = ch.count;
+  out.flags = ch.flags;
   const std::size_t skip_bytes = std::size_t{ch.skip_count} * sizeof(std::uint32_t);
   out.skip = SkipIndices(payload.subspan(sizeof ch, skip_bytes));
   for (std::size_t k = 0; k < out.skip.size(); ++k) {
@@ -358,14 +366,14 @@ struct ParsedResults {
   d.read_bytes(&out.header, sizeof out.header);
   const ResultsHeader& h = out.header;
   if (h.count != count) throw DecodeError(fmt::format("procpool: results for {} items, expected {}", h.count, count));
-  if (h.failed_count > count || h.failures_size > d.remaining())
+  if (h.failed_count > count || h.failures_size > d.remaining() || h.answered > count)
     throw DecodeError("procpool: inconsistent results header");
   Decoder failures(d.take(static_cast<std::size_t>(h.failures_size)));
   out.failed.reserve(h.failed_count);
   for (std::uint32_t k = 0; k < h.failed_count; ++k) {
     std::uint32_t local;
     failures.read_bytes(&local, sizeof local);
-    if (local >= count || (!out.failed.empty() && local <= out.failed.back().first))
+    if (local >= h.answered || (!out.failed.empty() && local <= out.failed.back().first))
       throw DecodeError(fmt::format("procpool: a failure record names item {} out of order or range", local));
     out.failed.emplace_back(local, decode_as<RemoteException>(failures));
   }

@@ -251,7 +251,8 @@ inline int worker_main(int channel, const WorkerSetup& setup) {
         } else if (chunk.lane_bytes > 0) {
           return worker_exit_code(WorkerExit::protocol_error);  // items in lanes this worker does not have
         }
-        ChunkWork work{items, chunk.count, chunk.skip.bytes(), setup.slot, setup.timed()};
+        const std::uint32_t flags = chunk.flags | (setup.timed() ? std::uint32_t{kChunkTimed} : 0);
+        ChunkWork work{items, chunk.count, chunk.skip.bytes(), setup.slot, h.id, flags};
         if (results_lane.empty()) {
           // A buffer still over an earlier chunk's lane must not write there any more.
           if (values.owns_storage()) {
@@ -268,7 +269,7 @@ inline int worker_main(int channel, const WorkerSetup& setup) {
         setup.slot->item.store(0, std::memory_order_relaxed);
         // A fresh start time before the chunk id: the parent must never pair this chunk with the
         // previous item's start and kill the worker for a timeout it did not have.
-        if (setup.timed()) setup.slot->item_started_ns.store(t0, std::memory_order_relaxed);
+        if (work.timed()) setup.slot->item_started_ns.store(t0, std::memory_order_relaxed);
         setup.slot->chunk_id.store(h.id, std::memory_order_release);
         runner->run_chunk(work, out);
         // Cleared before the results are written: a death from here on loses no item's outcome
@@ -281,7 +282,7 @@ inline int worker_main(int channel, const WorkerSetup& setup) {
         frame.clear();
         append_results_head(frame, h.id, chunk.count, out.failed_count, failures.view(),
                             static_cast<std::uint64_t>(monotonic_ns() - t0), values_in_lane ? values.size() : 0,
-                            inline_values);
+                            inline_values, out.answered);
         iovec parts[2] = {{frame.data(), frame.size()}, {values.data(), inline_values}};
         if (writev_all(result_fd, parts, inline_values > 0 ? 2 : 1) != 0)
           exit_child(worker_exit_code(WorkerExit::finished));  // the parent is gone
