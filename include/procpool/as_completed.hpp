@@ -23,18 +23,27 @@ class AsCompleted {
   /// Yields each Future<R>& as its task finishes.
   class iterator {
    public:
+    /// A Future<R> of the vector.
     using value_type = Future<R>;
+    /// The future itself, in the caller's vector.
     using reference = Future<R>&;
+    /// Required of an iterator; the range has no meaningful distance.
     using difference_type = std::ptrdiff_t;
+    /// Single pass: the order is the order in which the tasks finish.
     using iterator_concept = std::input_iterator_tag;
 
+    /// An iterator of no range (required of an iterator type).
     iterator() = default;
+    /// The future whose task finished last, in the caller's vector.
     reference operator*() const { return (*owner_->futures_)[owner_->current_]; }
+    /// Waits for the next task to finish.
     iterator& operator++() {
       owner_->advance();
       return *this;
     }
+    /// Waits for the next task to finish (input iterators' postfix form returns nothing).
     void operator++(int) { ++*this; }
+    /// True once every future has been yielded.
     friend bool operator==(const iterator& it, std::default_sentinel_t /*end*/) { return it.at_end(); }
 
    private:
@@ -44,6 +53,7 @@ class AsCompleted {
     AsCompleted* owner_ = nullptr;
   };
 
+  /// Watches `futures`; throws procpool::Error if one of them has no task (see as_completed).
   explicit AsCompleted(std::vector<Future<R>>& futures) : futures_(&futures), yielded_(futures.size(), false) {
     remaining_ = futures.size();
     for (std::size_t i = 0; i < futures.size(); ++i) {
@@ -76,6 +86,7 @@ class AsCompleted {
     }
     return iterator(this);
   }
+  /// The end: compares equal to the iterator once every future has been yielded.
   [[nodiscard]] std::default_sentinel_t end() const noexcept { return {}; }
 
  private:

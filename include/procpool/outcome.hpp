@@ -18,6 +18,7 @@ class Outcome {
 
   /// True if the item produced a value.
   [[nodiscard]] bool has_value() const noexcept { return v_.index() == 0; }
+  /// has_value(), for `if (outcome)`.
   explicit operator bool() const noexcept { return has_value(); }
 
   /// The value; rethrows the item's exception if it failed.
@@ -25,10 +26,12 @@ class Outcome {
     rethrow_if_failed();
     return std::get<0>(v_);
   }
+  /// The value, read-only; rethrows the item's exception if it failed.
   [[nodiscard]] const R& value() const& {
     rethrow_if_failed();
     return std::get<0>(v_);
   }
+  /// The value, moved out of a temporary Outcome; rethrows the item's exception if it failed.
   [[nodiscard]] R&& value() && {
     rethrow_if_failed();
     return std::get<0>(std::move(v_));
@@ -54,6 +57,7 @@ class Outcome<void> {
 
   /// True if the task succeeded.
   [[nodiscard]] bool has_value() const noexcept { return error_ == nullptr; }
+  /// has_value(), for `if (outcome)`.
   explicit operator bool() const noexcept { return has_value(); }
   /// Returns if the task succeeded; rethrows its exception if it failed.
   void value() const {
