@@ -29,10 +29,12 @@
 #include <exception>
 #include <functional>
 #include <initializer_list>
+#include <map>
 #include <memory>
 #include <optional>
 #include <ranges>
 #include <string>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -50,6 +52,8 @@
 #include "detail/runner.hpp"
 #include "detail/settings.hpp"
 #include "error.hpp"
+#include "future.hpp"
+#include "imap_results.hpp"
 #include "options.hpp"
 #include "outcome.hpp"
 #include "pool.hpp"
@@ -233,6 +237,7 @@ class Pool {
   template <class F, class Range>
   auto run_dense(F& f, Range& inputs, MapOptions options) {
     namespace d = ::procpool::detail;
+    check_options(options, "map");
     using Fn = std::decay_t<F>;
     using In = d::range_item_t<Range>;
     using Out = d::item_result_t<Fn, In, d::CallStyle::invoke>;
@@ -246,6 +251,15 @@ class Pool {
     driver_->wait_until([&] { return batch->settled(); });
     if (batch->caller_error()) std::rethrow_exception(batch->caller_error());
     return batch;
+  }
+
+  /// A per-call task timeout needs rank 0 to see each item start on a remote worker, which it does
+  /// not: refused, rather than ignored. (Options::task_timeout applies on every rank.)
+  static void check_options(const MapOptions& options, const char* call) {
+    if (options.task_timeout.count() != 0)
+      throw Error(fmt::format("procpool::mpi::Pool::{}: MapOptions::task_timeout is not supported across ranks; set "
+                              "procpool::mpi::Options::task_timeout for run() instead",
+                              call));
   }
 
   procpool::Pool* local_ = nullptr;
@@ -335,8 +349,13 @@ int run(int argc, char** argv, const Options& options, F&& fn) {
       dm::Backoff backoff;
       while (!(verdict = in.poll(0))) backoff.idle();
       if (verdict->kind != dm::Kind::verdict || !verdict->body.view().empty()) {
+        // Rank 0 refused this rank: it throws the reason from run; this rank says it too, and ends
+        // like the others (its exit status is rank 0's to decide).
+        const auto why = verdict->body.view();
+        std::fprintf(stderr, "procpool::mpi: %s does not serve: %.*s\n", where.c_str(), static_cast<int>(why.size()),
+                     reinterpret_cast<const char*>(why.data()));
         local->shutdown(/*graceful=*/false);
-        return 1;
+        return 0;
       }
       dm::Server server(std::move(out), std::move(in), local, where);
       server.serve();
@@ -348,10 +367,9 @@ int run(int argc, char** argv, const Options& options, F&& fn) {
   }
   // Rank 0: who serves, and do they run this very executable?
   std::vector<dm::RankInfo> ranks;
-  std::string mismatch;
+  std::map<int, std::string> ids;  // each rank's executable
   {
     dm::Backoff backoff;
-    const std::string mine = dm::executable_id();
     while (ranks.size() < static_cast<std::size_t>(size - 1)) {
       std::optional<dm::Message> m = in.poll();
       if (!m) {
@@ -364,16 +382,23 @@ int run(int argc, char** argv, const Options& options, F&& fn) {
       const std::string id = r.str();
       info.host = r.str();
       info.workers = static_cast<std::size_t>(r.get<std::uint64_t>());
-      if (id != mine && mismatch.empty())
-        mismatch = fmt::format(
-            "procpool::mpi::run: rank {} (host {}) runs a different executable than rank 0 (its {} differs from "
-            "rank 0's {}); every rank must run the same binary (the same build), since code travels between them "
-            "as addresses",
-            info.rank, info.host, id, mine);
+      ids.emplace(info.rank, id);
       ranks.push_back(std::move(info));
     }
   }
   std::sort(ranks.begin(), ranks.end(), [](const dm::RankInfo& a, const dm::RankInfo& b) { return a.rank < b.rank; });
+  // The lowest-numbered rank that runs another executable is named.
+  std::string mismatch;
+  const std::string mine = dm::executable_id();
+  for (const dm::RankInfo& info : ranks) {
+    const std::string& id = ids[info.rank];
+    if (id == mine) continue;
+    mismatch = fmt::format(
+        "procpool::mpi::run: rank {} (host {}) runs a different executable than rank 0 (its {} differs from rank 0's "
+        "{}); every rank must run the same binary (the same build), since code travels between them as addresses",
+        info.rank, info.host, id, mine);
+    break;
+  }
   for (const dm::RankInfo& r : ranks) {
     d::Buffer body;
     if (!mismatch.empty()) body.append(mismatch.data(), mismatch.size());

@@ -29,6 +29,7 @@
 
 #include "../../error.hpp"
 #include "../buffer.hpp"
+#include "../runner.hpp"
 
 namespace procpool::detail::mpi {
 
@@ -94,7 +95,7 @@ class Outbox {
     p.head.append(&total, sizeof total);
     p.head.append(p.body.data(), first);
     bytes_sent_ += total;
-    PROCPOOL_MPI_TRACE("send kind {} to {} bytes {}\n", static_cast<int>(kind), dest, total);
+    PROCPOOL_MPI_TRACE("{} send kind {} to {} bytes {}\n", monotonic_ns() / 1000, static_cast<int>(kind), dest, total);
     MPI_Request r = MPI_REQUEST_NULL;
     check(MPI_Isend(p.head.data(), static_cast<int>(p.head.size()), MPI_BYTE, dest, static_cast<int>(kind), comm_, &r),
           "MPI_Isend");
@@ -214,7 +215,8 @@ class Inbox {
       Arriving& a = arriving_.emplace_back();
       a.message.source = status.MPI_SOURCE;
       a.message.kind = static_cast<Kind>(status.MPI_TAG);
-      PROCPOOL_MPI_TRACE("recv kind {} from {} bytes {}\n", status.MPI_TAG, status.MPI_SOURCE, total);
+      PROCPOOL_MPI_TRACE("{} recv kind {} from {} bytes {}\n", monotonic_ns() / 1000, status.MPI_TAG, status.MPI_SOURCE,
+                         total);
       const std::size_t first = head.size() - sizeof total;
       if (first == total) {
         head.erase_front(sizeof total);

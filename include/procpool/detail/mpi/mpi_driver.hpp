@@ -17,6 +17,7 @@
 #include <set>
 #include <span>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -25,6 +26,7 @@
 
 #include "../../error.hpp"
 #include "../batch.hpp"
+#include "../driver.hpp"
 #include "../function_ref.hpp"
 #include "../local_transport.hpp"
 #include "../scheduler.hpp"
@@ -208,13 +210,14 @@ class MpiTransport final : public Transport {
   std::size_t stopped_ = 0;
 };
 
-/// Rank 0's driver: the scheduler over MpiTransport, one mutex, no thread of its own.
-class MpiDriver {
+/// Rank 0's driver: the scheduler over MpiTransport, one mutex; whichever caller waits drives it,
+/// and a progress thread does while calls with done callbacks wait and no caller drives. Every MPI
+/// call happens with the mutex held (MPI_THREAD_SERIALIZED).
+class MpiDriver final : public Driver {
  public:
-  using TimePoint = std::chrono::steady_clock::time_point;
-
   MpiDriver(Outbox outbox, Inbox inbox, std::vector<RankInfo> ranks, Settings settings)
       : settings_(std::move(settings)),
+        user_chunk_size_(settings_.chunk_size),
         transport_(std::move(outbox), std::move(inbox), std::move(ranks)),
         scheduler_(settings_, transport_, clock_) {
     for (std::size_t w = 0; w < scheduler_.size(); ++w) scheduler_.request_worker(w);
@@ -223,6 +226,13 @@ class MpiDriver {
   }
   MpiDriver(const MpiDriver&) = delete;
   MpiDriver& operator=(const MpiDriver&) = delete;
+  ~MpiDriver() override {
+    try {
+      shutdown();
+    } catch (...) {
+      // Nothing more can be done: MPI itself is failing.
+    }
+  }
 
   [[nodiscard]] std::size_t size() const noexcept { return scheduler_.size(); }
   [[nodiscard]] const std::vector<RankInfo>& ranks() const noexcept { return transport_.ranks(); }
@@ -239,14 +249,16 @@ class MpiDriver {
     std::lock_guard lock(mu_);
     scheduler_.lifecycle().throw_if_unusable();
     scheduler_.add(batch, job);
+    queued_.push_back({batch, job});
     if (!driving_) {
+      size_chunks();
       scheduler_.dispatch();
       transport_.progress(scheduler_);
     }
   }
 
   /// Drives until `done()` holds (checked with the mutex held), or the deadline passes.
-  void wait(FunctionRef<bool()> done, std::optional<TimePoint> deadline) {
+  void wait(FunctionRef<bool()> done, std::optional<TimePoint> deadline) override {
     std::unique_lock lock(mu_);
     Backoff backoff;
     while (!done()) {
@@ -261,31 +273,54 @@ class MpiDriver {
         backoff.news();
       else
         idle(lock, backoff);
+      run_settled_callbacks(lock);
     }
   }
-  template <class Done>
-  void wait_until(Done&& done, std::optional<TimePoint> deadline = std::nullopt) {
-    wait(FunctionRef<bool()>(done), deadline);
-  }
+  using Driver::wait_until;
 
   /// One round that does not wait.
-  void make_progress() {
+  void make_progress() override {
     std::unique_lock lock(mu_);
     if (driving_ || scheduler_.lifecycle().stopped()) return;
     round(lock);
+    run_settled_callbacks(lock);
   }
 
   /// The caller stopped waiting for `batch`.
-  void forget(Batch& batch) noexcept {
+  void forget(Batch& batch) noexcept override {
     std::lock_guard lock(mu_);
     scheduler_.forget(batch);
   }
 
-  [[nodiscard]] std::mutex& mutex() const { return mu_; }
+  /// Stops a call (Future::cancel): its items without an outcome fail with CancelledError. Items
+  /// already sent to a rank are not withdrawn there: they run, and their results are dropped.
+  bool cancel(Batch& batch) override {
+    std::unique_lock lock(mu_);
+    const bool stopped = scheduler_.abort(batch, Abort::cancelled);
+    cv_.notify_all();
+    run_settled_callbacks(lock);
+    return stopped;
+  }
+
+  /// Runs `batch`'s done callbacks once it settles, driving the pool from a progress thread while
+  /// no caller does.
+  void watch(std::shared_ptr<Batch> batch) override {
+    std::unique_lock lock(mu_);
+    if (std::find(watched_.begin(), watched_.end(), batch) == watched_.end()) watched_.push_back(std::move(batch));
+    if (scheduler_.lifecycle().stopped()) {
+      run_settled_callbacks(lock);
+      return;
+    }
+    if (!progress_thread_.joinable() && !progress_stop_) progress_thread_ = std::thread([this] { progress_loop(); });
+    cv_.notify_all();
+  }
+
+  [[nodiscard]] std::mutex& mutex() const override { return mu_; }
 
   /// Finishes what runs, then stops the serving ranks (they answer, then leave).
   void shutdown() {
     std::unique_lock lock(mu_);
+    stop_progress_thread(lock);
     if (scheduler_.lifecycle().stopped()) return;
     scheduler_.lifecycle().close();
     scheduler_.cut_streams("the MPI pool was shut down (procpool::mpi::run's function returned)");
@@ -294,18 +329,70 @@ class MpiDriver {
     scheduler_.lifecycle().stop();
     transport_.stop_ranks();
     scheduler_.lifecycle().finish();
+    run_settled_callbacks(lock);
     cv_.notify_all();
   }
 
  private:
+  /// Runs the done callbacks of watched calls that settled (the mutex released while each runs).
+  void run_settled_callbacks(std::unique_lock<std::mutex>& lock) {
+    if (watched_.empty()) return;
+    std::vector<std::shared_ptr<Batch>> settled;
+    std::erase_if(watched_, [&](const std::shared_ptr<Batch>& b) {
+      if (!b->settled()) return false;
+      settled.push_back(b);
+      return true;
+    });
+    for (const auto& b : settled) b->run_done_callbacks(lock);
+    if (!settled.empty()) cv_.notify_all();
+  }
+
+  /// The progress thread's loop: drives while watched calls have not settled and no caller drives.
+  void progress_loop() {
+    std::unique_lock lock(mu_);
+    Backoff backoff;
+    for (;;) {
+      run_settled_callbacks(lock);
+      if (progress_stop_) return;
+      if (watched_.empty() || driving_ || scheduler_.lifecycle().stopped()) {
+        cv_.wait_for(lock, std::chrono::milliseconds{1});
+        continue;
+      }
+      try {
+        if (round(lock))
+          backoff.news();
+        else
+          idle(lock, backoff);
+      } catch (...) {
+        // Callers see the same failure when they drive.
+        cv_.wait_for(lock, std::chrono::milliseconds{10});
+      }
+    }
+  }
+
+  void stop_progress_thread(std::unique_lock<std::mutex>& lock) {
+    progress_stop_ = true;
+    cv_.notify_all();
+    if (!progress_thread_.joinable()) return;
+    if (progress_thread_.get_id() == std::this_thread::get_id()) {
+      progress_thread_.detach();
+      return;
+    }
+    lock.unlock();
+    progress_thread_.join();
+    lock.lock();
+  }
+
   /// Dispatch, hand over what arrived, dispatch again. True if anything happened.
   bool round(std::unique_lock<std::mutex>& /*lock*/) {
     driving_ = true;
     bool news = false;
     try {
+      size_chunks();
       scheduler_.dispatch();
       news = transport_.progress(scheduler_);
       scheduler_.tick();
+      size_chunks();
       scheduler_.dispatch();
     } catch (...) {
       driving_ = false;
@@ -315,6 +402,31 @@ class MpiDriver {
     driving_ = false;
     cv_.notify_all();
     return news;
+  }
+
+  /// Sizes the next chunks for ranks (unless Options::chunk_size fixed them): the scheduler's
+  /// automatic sizing aims at a millisecond of work per chunk and shrinks chunks towards one item
+  /// at the end of a call, right for local workers a few microseconds away; a rank's round trip
+  /// costs far more. From the measured cost of the oldest call's job, chunks hold about
+  /// kRankChunkNs of one worker's work, and at the end of a call never less than kMinRankChunkNs
+  /// (the scheduler reads this through its Settings).
+  void size_chunks() {
+    if (user_chunk_size_ > 0) return;
+    while (!queued_.empty() && (queued_.front().batch.expired() || queued_.front().batch.lock()->source_done()))
+      queued_.pop_front();
+    settings_.chunk_size = 0;  // automatic: a few items first, until the job's cost is measured
+    if (queued_.empty()) return;
+    const std::shared_ptr<Batch> b = queued_.front().batch.lock();
+    const Job* job = scheduler_.jobs().find(queued_.front().job);
+    if (job == nullptr || job->ns_per_item <= 0) return;
+    const double ns = job->ns_per_item * static_cast<double>(RawBatch::kChunkScale);
+    const auto items = [&](double budget_ns) { return static_cast<std::size_t>(std::clamp(budget_ns / ns, 1.0, 1e6)); };
+    std::size_t n = items(kRankChunkNs);
+    if (b->total_known()) {
+      const std::size_t balance = (b->total() - b->dispatched()) / (2 * scheduler_.size());
+      n = std::min(n, std::max(balance, items(kMinRankChunkNs)));
+    }
+    settings_.chunk_size = std::max<std::size_t>(1, n);
   }
 
   /// Waits a little for news, the mutex released (other threads may add work meanwhile).
@@ -327,13 +439,26 @@ class MpiDriver {
     cv_.notify_all();
   }
 
-  const Settings settings_;
+  static constexpr double kRankChunkNs = 16e6;
+  static constexpr double kMinRankChunkNs = 2e6;
+
+  struct Queued {
+    std::weak_ptr<Batch> batch;
+    std::uint64_t job;
+  };
+
+  Settings settings_;  // the scheduler holds it by reference; size_chunks() sets its chunk_size
+  const std::size_t user_chunk_size_;
+  std::deque<Queued> queued_;  // calls with items left to dispatch, oldest first
   MonotonicClock clock_;
   MpiTransport transport_;
   Scheduler scheduler_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   bool driving_ = false;
+  std::vector<std::shared_ptr<Batch>> watched_;  // calls whose done callbacks wait to run
+  std::thread progress_thread_;
+  bool progress_stop_ = false;
 };
 
 }  // namespace procpool::detail::mpi

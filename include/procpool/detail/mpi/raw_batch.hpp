@@ -43,24 +43,32 @@ class RawBatch final : public Batch {
   /// Rank chunks aim at this many times the work of a local pool's chunks (about 1 ms each).
   static constexpr std::uint64_t kChunkScale = 16;
 
-  /// `items`: the chunk's encoded items; `count`: how many; `skip`: ascending local indices not to
-  /// run (they have outcomes on rank 0); `where`: "rank 2 (host node7)", prefixed to messages.
-  RawBatch(Buffer items, std::uint32_t count, std::vector<std::uint32_t> skip, std::vector<Span> spans, ShapeFn shape,
-           std::string where)
-      : items_(std::move(items)),
+  /// `message`: the chunk's message, whose bytes [items_at, items_at + items_size) are its encoded
+  /// items; `count`: how many; `skip`: ascending local indices not to run (they have outcomes on
+  /// rank 0); `where`: "rank 2 (host node7)", prefixed to messages.
+  RawBatch(Buffer message, std::size_t items_at, std::size_t items_size, std::uint32_t count,
+           std::vector<std::uint32_t> skip, std::vector<Span> spans, ShapeFn shape, std::string where)
+      : message_(std::move(message)),
+        items_(message_.view().subspan(items_at, items_size)),
         count_(count),
         skip_(std::move(skip)),
         spans_(std::move(spans)),
         shape_(shape),
         where_(std::move(where)) {
-    // Every item is located, skipped ones too (they lie in the bytes); the open ones are run.
     const std::size_t fixed = shape_(ShapeQuery::item_fixed_size, {});
+    if (fixed != 0 && skip_.empty()) {
+      // Items of one size, all to run: located by arithmetic, none listed.
+      if (items_.size() != fixed * count_) throw DecodeError("procpool::mpi: a chunk's items have the wrong size");
+      fixed_ = fixed;
+      set_known_total(count_);
+      return;
+    }
+    // Every item is located, skipped ones too (they lie in the bytes); the open ones are run.
     std::size_t at = 0;
     std::size_t s = 0;
-    const std::span<const std::byte> all = items_.view();
     for (std::uint32_t i = 0; i < count_; ++i) {
-      const std::size_t n = fixed != 0 ? fixed : shape_(ShapeQuery::item_size, all.subspan(at));
-      if (n > all.size() - at) throw DecodeError("procpool::mpi: a chunk's items are truncated");
+      const std::size_t n = fixed != 0 ? fixed : shape_(ShapeQuery::item_size, items_.subspan(at));
+      if (n > items_.size() - at) throw DecodeError("procpool::mpi: a chunk's items are truncated");
       if (s < skip_.size() && skip_[s] == i) {
         ++s;
       } else {
@@ -68,7 +76,7 @@ class RawBatch final : public Batch {
       }
       at += n;
     }
-    if (at != all.size()) throw DecodeError("procpool::mpi: trailing bytes after a chunk's items");
+    if (at != items_.size()) throw DecodeError("procpool::mpi: trailing bytes after a chunk's items");
     set_known_total(open_.size());
   }
 
@@ -76,6 +84,12 @@ class RawBatch final : public Batch {
     // Its time on this rank counts from when a local worker first takes some of it, not from when it
     // arrived: chunks queue here behind others (rank 0 pipelines them).
     if (started_ns_ == 0) started_ns_ = monotonic_ns();
+    if (fixed_ != 0) {
+      const std::size_t n = std::min({max_items, count_ - next_, std::max<std::size_t>(1, max_bytes / fixed_)});
+      out.append(items_.data() + next_ * fixed_, n * fixed_);
+      next_ += n;
+      return n;
+    }
     std::size_t n = 0;
     const std::size_t start = out.size();
     while (n < max_items && next_ < open_.size() && (n == 0 || out.size() - start < max_bytes)) {
@@ -112,12 +126,10 @@ class RawBatch final : public Batch {
     return true;
   }
 
-  void accept_error(std::size_t index, std::exception_ptr error) override {
-    failures_[open_[index].local] = record(error);
-  }
+  void accept_error(std::size_t index, std::exception_ptr error) override { failures_[local(index)] = record(error); }
 
   [[nodiscard]] std::string describe(std::size_t index) const override {
-    std::uint32_t local = open_[index].local;
+    std::uint32_t local = this->local(index);
     for (const Span& s : spans_) {
       if (local < s.count) return s.label.empty() ? fmt::format("item {}", s.first + local) : s.label;
       local -= s.count;
@@ -140,7 +152,8 @@ class RawBatch final : public Batch {
     // What rank 0's scheduler sizes the next chunks by: this chunk's time here over its workers,
     // scaled down by kChunkScale, since a chunk's round trip between ranks costs far more than one
     // to a local worker (see docs/scaling.md).
-    const std::uint64_t compute = wall * std::max<std::size_t>(1, std::min(workers, open_.size())) / kChunkScale;
+    const std::uint64_t compute =
+        wall * std::max<std::size_t>(1, std::min<std::size_t>(workers, total())) / kChunkScale;
     Buffer out;
     out.reserve(sizeof(FrameHeader) + sizeof(ResultsHeader) + failures.size() + values);
     // The worker's builder, so that the payload is what a local worker would send; the frame
@@ -163,6 +176,11 @@ class RawBatch final : public Batch {
     std::size_t at;     // in arena_
     std::size_t size;
   };
+
+  /// The chunk's index of the batch's item `index`.
+  [[nodiscard]] std::uint32_t local(std::size_t index) const {
+    return fixed_ != 0 ? static_cast<std::uint32_t>(index) : open_[index].local;
+  }
 
   void keep(std::size_t first, std::size_t /*count*/, std::span<const std::byte> bytes) {
     pieces_.push_back({first, arena_.size(), bytes.size()});
@@ -192,7 +210,9 @@ class RawBatch final : public Batch {
     }
   }
 
-  Buffer items_;
+  Buffer message_;
+  std::span<const std::byte> items_;
+  std::size_t fixed_ = 0;  // > 0: every item has this size and none is skipped (open_ is then empty)
   std::uint32_t count_;
   std::vector<std::uint32_t> skip_;
   std::vector<Span> spans_;

@@ -27,7 +27,7 @@ namespace procpool::detail::mpi {
 /// microseconds away), then sleeps in growing steps up to kMaxSleep.
 class Backoff {
  public:
-  static constexpr std::int64_t kSpinNs = 100'000;
+  static constexpr std::int64_t kSpinNs = 1'000'000;
   static constexpr std::int64_t kMaxSleepNs = 200'000;
 
   void news() noexcept {
@@ -77,17 +77,21 @@ class Server {
         handle(*m);
       }
       if (!active_.empty()) {
-        // Wait on the local workers (in poll, or spinning when results are due), a millisecond
-        // at most, so that chunks arriving meanwhile are taken in soon.
-        const auto deadline =
-            std::chrono::steady_clock::now() + (news ? std::chrono::microseconds{0} : std::chrono::microseconds{1000});
-        pool_->wait_until(
-            [&] {
-              for (const Active& a : active_)
-                if (a.batch->settled()) return true;
-              return std::chrono::steady_clock::now() >= deadline;
-            },
-            deadline);
+        if (news) {
+          // New chunks go to the local workers at once.
+          pool_->make_progress();
+        } else {
+          // Wait on the local workers (spinning when results are due, else in poll), a millisecond
+          // at most, so that chunks arriving meanwhile are taken in soon.
+          const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds{1000};
+          pool_->wait_until(
+              [&] {
+                for (const Active& a : active_)
+                  if (a.batch->settled()) return true;
+                return std::chrono::steady_clock::now() >= deadline;
+              },
+              deadline);
+        }
         news = reply() || news;
       }
       news = outbox_.progress() || news;
@@ -146,13 +150,13 @@ class Server {
     const auto items = r.bytes();
     const auto job = jobs_.find(job_id);
     if (job == jobs_.end()) throw Error(fmt::format("procpool::mpi: {} got a chunk of an unknown job", where_));
-    Buffer owned;
-    owned.append(items.data(), items.size());
-    a.batch = std::make_shared<RawBatch>(std::move(owned), count, std::move(skip), std::move(spans), job->second.shape,
-                                         where_);
+    // The batch keeps the message: its items are read from where they arrived.
+    const auto items_at = static_cast<std::size_t>(items.data() - m.body.data());
+    a.batch = std::make_shared<RawBatch>(std::move(m.body), items_at, items.size(), count, std::move(skip),
+                                         std::move(spans), job->second.shape, where_);
     const std::uint64_t local = pool_->register_job(job->second.runner_factory, job->second.callable.view());
     pool_->add_batch(a.batch, local);
-    PROCPOOL_MPI_TRACE("{}: chunk {} of {} items added\n", where_, a.chunk, count);
+    PROCPOOL_MPI_TRACE("{}: chunk {} of {} items added {}\n", where_, a.chunk, count, monotonic_ns() / 1000);
     active_.push_back(std::move(a));
   }
 
@@ -171,7 +175,7 @@ class Server {
       const Buffer payload = it->batch->results(pool_->size());
       body.append(payload.data(), payload.size());
       pool_->forget(*it->batch);
-      PROCPOOL_MPI_TRACE("{}: chunk {} answered\n", where_, it->chunk);
+      PROCPOOL_MPI_TRACE("{}: chunk {} answered {}\n", where_, it->chunk, monotonic_ns() / 1000);
       outbox_.send(0, Kind::results, std::move(body));
       it = active_.erase(it);
       any = true;
