@@ -19,6 +19,9 @@
 namespace procpool {
 
 class Pool;
+namespace mpi {
+class Pool;
+}  // namespace mpi
 
 /// The result of Pool::submit: get() waits for the task (driving the pool meanwhile) and returns
 /// its value or rethrows its failure. Movable; its type depends only on the result type.
@@ -120,6 +123,7 @@ class Future {
 
  private:
   friend class Pool;
+  friend class mpi::Pool;  // procpool::mpi::Pool (mpi.hpp) returns them too
   template <class T>
   friend class AsCompleted;
 

@@ -17,6 +17,9 @@
 namespace procpool {
 
 class Pool;
+namespace mpi {
+class Pool;
+}  // namespace mpi
 
 /// A lazy sequence of results from Pool::imap / imap_unordered: iterating drives the pool. Items
 /// are dispatched as results are consumed, so memory stays bounded however long the input is.
@@ -83,6 +86,7 @@ class ImapResults {
 
  private:
   friend class Pool;
+  friend class mpi::Pool;  // procpool::mpi::Pool (mpi.hpp) returns them too
 
   ImapResults(std::shared_ptr<detail::Driver> core, std::shared_ptr<detail::StreamBatch<Out>> stream)
       : core_(std::move(core)), stream_(std::move(stream)) {}
