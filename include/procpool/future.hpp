@@ -28,8 +28,11 @@ class Pool;
 template <class R>
 class Future {
  public:
+  /// A Future with no task (valid() is false).
   Future() = default;
+  /// Takes over the task; the moved-from Future has none.
   Future(Future&&) noexcept = default;
+  /// Takes over the task; the task this Future held runs on, unobserved, as if dropped.
   Future& operator=(Future&&) noexcept = default;
   /// Move-only, like std::future: the result is taken once.
   Future(const Future&) = delete;

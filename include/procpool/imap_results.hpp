@@ -35,20 +35,26 @@ class ImapResults {
   /// An input iterator over the results.
   class iterator {
    public:
-    using iterator_category = std::input_iterator_tag;
-    using value_type = Out;
-    using difference_type = std::ptrdiff_t;
-    using pointer = const Out*;
-    using reference = const Out&;
+    using iterator_category = std::input_iterator_tag;  ///< Single pass: results are consumed.
+    using value_type = Out;                             ///< The callable's result type.
+    using difference_type = std::ptrdiff_t;             ///< As input iterators require.
+    using pointer = const Out*;                         ///< What operator-> returns.
+    using reference = const Out&;                       ///< What operator* returns.
 
+    /// An iterator that refers to nothing (as input iterators require).
     iterator() = default;
+    /// The current item's value; throws its failure (RemoteError, ProcessError, TimeoutError...).
     const Out& operator*() const { return current().value(); }
+    /// The current item's value, for member access; throws its failure.
     const Out* operator->() const { return &current().value(); }
+    /// Moves to the next result, waiting for it (and driving the pool meanwhile).
     iterator& operator++() {
       owner_->advance();
       return *this;
     }
+    /// Moves to the next result (the old position cannot be kept: results are consumed).
     void operator++(int) { ++*this; }
+    /// True once every result has been yielded.
     friend bool operator==(const iterator& it, std::default_sentinel_t /*end*/) { return it.at_end(); }
 
    private:
@@ -59,7 +65,9 @@ class ImapResults {
     ImapResults* owner_ = nullptr;
   };
 
+  /// Moves the iteration; the moved-from range yields nothing.
   ImapResults(ImapResults&&) noexcept = default;
+  /// Moves the iteration; the items of the range replaced are abandoned as if it were destroyed.
   ImapResults& operator=(ImapResults&&) noexcept = default;
   ImapResults(const ImapResults&) = delete;
   ImapResults& operator=(const ImapResults&) = delete;
@@ -75,6 +83,7 @@ class ImapResults {
     }
     return iterator(this);
   }
+  /// The end of the results: compare an iterator with it.
   [[nodiscard]] std::default_sentinel_t end() const noexcept { return {}; }
 
   /// The next outcome, or nullopt at the end: the non-throwing way to consume results. Use

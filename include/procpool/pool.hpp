@@ -61,7 +61,9 @@ class Pool {
   explicit Pool(PoolOptions options)
       : core_(std::make_shared<detail::PoolCore>(detail::Settings::from(std::move(options)))) {}
 
+  /// Takes over the pool; the moved-from Pool refuses calls.
   Pool(Pool&&) noexcept = default;
+  /// Shuts this pool down (as the destructor does), then takes over `other`'s.
   Pool& operator=(Pool&& other) noexcept {
     if (this != &other) {
       shutdown_quietly();
