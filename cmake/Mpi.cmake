@@ -28,3 +28,13 @@ if(PROCPOOL_WITH_MPI)
       DESTINATION "${CMAKE_INSTALL_DATADIR}/cmake/procpool")
   endif()
 endif()
+
+# procpool::mpi's benchmark (benchmarks/compare_mpi runs it beside mpi4py.futures and the local pool).
+if(PROCPOOL_WITH_MPI AND PROCPOOL_BUILD_BENCHMARKS)
+  add_executable(procpool_mpi_bench "${CMAKE_CURRENT_LIST_DIR}/../benchmarks/mpi_bench.cpp")
+  set_target_properties(procpool_mpi_bench PROPERTIES RUNTIME_OUTPUT_DIRECTORY "${PROJECT_BINARY_DIR}/benchmarks")
+  target_link_libraries(procpool_mpi_bench PRIVATE procpool::mpi procpool_project_options)
+  if(NOT CMAKE_BUILD_TYPE MATCHES "^(Release|RelWithDebInfo)$")
+    target_compile_options(procpool_mpi_bench PRIVATE -O2)
+  endif()
+endif()

@@ -215,6 +215,70 @@ class Pool {
     return try_map(std::forward<F>(f), std::vector<T>(inputs), std::move(options));
   }
 
+  /// Lazily maps `f` over `inputs` on all ranks: results in input order as they arrive. Items are
+  /// dispatched as results are consumed, so memory stays bounded however long (or endless) the
+  /// input is. An lvalue range must outlive the iteration; an rvalue range is kept by the result.
+  template <class F, class Range>
+  [[nodiscard]] auto imap(F&& f, Range&& inputs, MapOptions options = {}) {
+    constexpr auto problem = ::procpool::detail::call_problem<F, Range, ::procpool::detail::CallStyle::invoke, false>();
+    PROCPOOL_MPI_CHECK_CALL(problem, F, "imap");
+    if constexpr (problem == ::procpool::detail::CallProblem::none &&
+                  ::procpool::detail::mpi::RemoteCallable<std::decay_t<F>>) {
+      ::procpool::detail::mpi::refuse_addresses(f, "imap");
+      if (local_ != nullptr) return local_->imap(std::forward<F>(f), std::forward<Range>(inputs), std::move(options));
+      return make_stream(f, std::forward<Range>(inputs), std::move(options), /*ordered=*/true);
+    }
+  }
+  /// imap over a braced list (copied into the result).
+  template <class F, class T>
+  [[nodiscard]] auto imap(F&& f, std::initializer_list<T> inputs, MapOptions options = {}) {
+    return imap(std::forward<F>(f), std::vector<T>(inputs), std::move(options));
+  }
+
+  /// Like imap, but yields results as they complete, whatever their input order.
+  template <class F, class Range>
+  [[nodiscard]] auto imap_unordered(F&& f, Range&& inputs, MapOptions options = {}) {
+    constexpr auto problem = ::procpool::detail::call_problem<F, Range, ::procpool::detail::CallStyle::invoke, false>();
+    PROCPOOL_MPI_CHECK_CALL(problem, F, "imap_unordered");
+    if constexpr (problem == ::procpool::detail::CallProblem::none &&
+                  ::procpool::detail::mpi::RemoteCallable<std::decay_t<F>>) {
+      ::procpool::detail::mpi::refuse_addresses(f, "imap_unordered");
+      if (local_ != nullptr)
+        return local_->imap_unordered(std::forward<F>(f), std::forward<Range>(inputs), std::move(options));
+      return make_stream(f, std::forward<Range>(inputs), std::move(options), /*ordered=*/false);
+    }
+  }
+  /// imap_unordered over a braced list (copied into the result).
+  template <class F, class T>
+  [[nodiscard]] auto imap_unordered(F&& f, std::initializer_list<T> inputs, MapOptions options = {}) {
+    return imap_unordered(std::forward<F>(f), std::vector<T>(inputs), std::move(options));
+  }
+
+  /// Runs `f(args...)` on a worker of some rank; the Future gives its result (or failure), and can
+  /// be cancelled or given done callbacks as procpool::Pool's can.
+  template <class F, class... Args>
+  [[nodiscard]] auto submit(F&& f, Args&&... args) {
+    namespace d = ::procpool::detail;
+    using Fn = std::decay_t<F>;
+    using Tuple = std::tuple<std::decay_t<Args>...>;
+    static_assert(std::invocable<Fn&, std::decay_t<Args>&...>,
+                  "procpool::mpi::Pool::submit: the callable cannot be called with these arguments");
+    static_assert(Encodable<Tuple>,
+                  "procpool::mpi::Pool::submit: every argument must be encodable (see procpool/codec.hpp)");
+    static_assert(d::mpi::RemoteCallable<Fn>,
+                  "procpool::mpi::Pool::submit: this callable cannot travel to another machine (see map)");
+    using R = std::remove_cvref_t<std::invoke_result_t<Fn&, std::decay_t<Args>&...>>;
+    static_assert(std::is_void_v<R> || Encodable<R>,
+                  "procpool::mpi::Pool::submit: the result type must be encodable (see procpool/codec.hpp)");
+    d::mpi::refuse_addresses(f, "submit");
+    if (local_ != nullptr) return local_->submit(std::forward<F>(f), std::forward<Args>(args)...);
+    const std::uint64_t job = register_job<Tuple, R, d::CallStyle::apply>(f);
+    auto batch = std::make_shared<d::SubmitBatch<Tuple, R>>(Tuple(std::forward<Args>(args)...),
+                                                            std::chrono::nanoseconds{0}, std::chrono::nanoseconds{0});
+    driver_->add_batch(batch, job);
+    return Future<R>(driver_, std::move(batch));
+  }
+
  private:
   template <class F>
   friend int run(int argc, char** argv, const Options& options, F&& fn);
@@ -260,6 +324,31 @@ class Pool {
       throw Error(fmt::format("procpool::mpi::Pool::{}: MapOptions::task_timeout is not supported across ranks; set "
                               "procpool::mpi::Options::task_timeout for run() instead",
                               call));
+  }
+
+  template <class F, class Range>
+  auto make_stream(F& f, Range&& inputs, MapOptions options, bool ordered) {
+    namespace d = ::procpool::detail;
+    check_options(options, ordered ? "imap" : "imap_unordered");
+    using Fn = std::decay_t<F>;
+    using Stored = std::remove_cvref_t<Range>;
+    using Inputs = std::remove_reference_t<Range>;
+    std::shared_ptr<Stored> owned;
+    Inputs* range = &inputs;
+    if constexpr (!std::is_lvalue_reference_v<Range>) {
+      owned = std::make_shared<Stored>(std::forward<Range>(inputs));
+      range = owned.get();
+    }
+    using In = d::range_item_t<Inputs>;
+    using Out = d::item_result_t<Fn, In, d::CallStyle::invoke>;
+    using Stream = d::StreamRangeBatch<std::ranges::iterator_t<Inputs>, std::ranges::sentinel_t<Inputs>, In, Out>;
+    std::optional<std::size_t> size;
+    if constexpr (std::ranges::sized_range<Inputs&>) size = static_cast<std::size_t>(std::ranges::size(*range));
+    const std::uint64_t job = register_job<In, Out, d::CallStyle::invoke>(f);
+    auto batch = std::make_shared<Stream>(std::move(owned), std::ranges::begin(*range), std::ranges::end(*range), size,
+                                          std::move(options), ordered, driver_->size());
+    driver_->add_batch(batch, job);
+    return ImapResults<Out>(driver_, std::move(batch));
   }
 
   procpool::Pool* local_ = nullptr;

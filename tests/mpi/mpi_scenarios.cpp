@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -13,10 +14,12 @@
 #include <exception>
 #include <map>
 #include <procpool/mpi.hpp>
+#include <ranges>
 #include <set>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -60,6 +63,16 @@ pid_t rank_pid = 0;
 int kill_my_rank(int x) {
   if (procpool::mpi::rank() == 2 && x >= 100) ::kill(rank_pid, SIGKILL);
   std::this_thread::sleep_for(1ms);
+  return x;
+}
+
+int nap_ms(int ms) {
+  std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+  return ms;
+}
+
+int throw_for(int x) {
+  if (x < 0) throw std::invalid_argument("negative");
   return x;
 }
 
@@ -163,6 +176,94 @@ void a_million_items(procpool::mpi::Pool& pool) {
   expect(ok, "a million results, in order");
 }
 
+// submit: Futures from remote ranks get, fail, cancel and call back as local ones do.
+void futures_across_ranks(procpool::mpi::Pool& pool) {
+  auto f = pool.submit(square, 12L);
+  expect(f.get() == 144, "submit + get");
+  auto bad = pool.submit(throw_for, -1);
+  try {
+    (void)bad.get();
+    expect(false, "a task that throws makes get() throw");
+  } catch (const procpool::RemoteError& e) {
+    expect(e.type_name() == "std::invalid_argument" && contains(e.what(), "(host "),
+           std::string("RemoteError from another rank: ") + e.what());
+  }
+  // Many at once, spread over the ranks.
+  std::vector<procpool::Future<std::pair<int, long>>> many;
+  for (long i = 0; i < 200; ++i) many.push_back(pool.submit(rank_and_square, i));
+  std::set<int> ranks;
+  bool right = true;
+  for (long i = 0; i < 200; ++i) {
+    const auto [r, v] = many[static_cast<std::size_t>(i)].get();
+    ranks.insert(r);
+    right = right && v == i * i;
+  }
+  expect(right, "200 submits give their results");
+  // Cancelled while it runs on a rank: get() throws CancelledError.
+  auto slow = pool.submit(nap_ms, 5000);
+  std::this_thread::sleep_for(100ms);
+  expect(slow.cancel(), "cancel() stops a running task");
+  try {
+    (void)slow.get();
+    expect(false, "a cancelled task's get() throws");
+  } catch (const procpool::CancelledError& e) {
+    expect(contains(e.what(), "cancelled"), e.what());
+  }
+  // A done callback runs though rank 0's caller only sleeps.
+  std::atomic<int> seen{0};
+  auto cb = pool.submit(square, 9L);
+  cb.add_done_callback([&](const procpool::Outcome<long>& o) { seen = static_cast<int>(o.value()); });
+  for (int i = 0; i < 200 && seen == 0; ++i) std::this_thread::sleep_for(10ms);
+  expect(seen == 81, fmt::format("the done callback ran with 81, saw {}", seen.load()));
+}
+
+// An endless input that counts the items read from it.
+struct Counted {
+  long* pulled = nullptr;
+  struct iterator {
+    using value_type = long;
+    using difference_type = std::ptrdiff_t;
+    long* pulled = nullptr;
+    long next = 0;
+    long operator*() const {
+      ++*pulled;
+      return next;
+    }
+    iterator& operator++() {
+      ++next;
+      return *this;
+    }
+    void operator++(int) { ++next; }
+    friend bool operator==(const iterator& /*it*/, std::unreachable_sentinel_t /*end*/) { return false; }
+  };
+  [[nodiscard]] iterator begin() const { return {pulled, 0}; }
+  [[nodiscard]] std::unreachable_sentinel_t end() const { return {}; }
+};
+
+// imap over an endless input reads it only as results are consumed; imap_unordered yields all.
+void imap_stays_bounded(procpool::mpi::Pool& pool) {
+  long pulled = 0;
+  Counted counted{&pulled};
+  long consumed = 0;
+  bool ordered = true;
+  {
+    auto results = pool.imap(square, counted);
+    for (const long v : results) {
+      ordered = ordered && v == consumed * consumed;
+      if (++consumed == 20000) break;
+    }
+  }
+  std::fprintf(stderr, "imap: %ld consumed, %ld read from the endless input\n", consumed, pulled);
+  expect(ordered, "imap yields in input order");
+  expect(pulled >= consumed && pulled < consumed + 200000,
+         fmt::format("imap reads the endless input only as results are consumed ({} read for {})", pulled, consumed));
+  std::vector<long> in(5000);
+  for (std::size_t i = 0; i < in.size(); ++i) in[i] = static_cast<long>(i);
+  std::set<long> got;
+  for (const long v : pool.imap_unordered(square, in)) got.insert(v);
+  expect(got.size() == in.size() && got.count(4999L * 4999L) == 1, "imap_unordered yields every result");
+}
+
 // Without mpirun: the function runs on a local pool.
 void singleton(procpool::mpi::Pool& pool) {
   expect(pool.ranks() == 0, "no serving rank without mpirun");
@@ -198,6 +299,10 @@ int main(int argc, char** argv) {
         large_results_travel(pool);
       } else if (scenario == "million") {
         a_million_items(pool);
+      } else if (scenario == "futures") {
+        futures_across_ranks(pool);
+      } else if (scenario == "imap") {
+        imap_stays_bounded(pool);
       } else if (scenario == "singleton") {
         singleton(pool);
       } else if (scenario == "rank_dies") {
