@@ -28,6 +28,7 @@
 #include "chunk.hpp"
 #include "job_table.hpp"
 #include "lifecycle.hpp"
+#include "remote_exception.hpp"
 #include "settings.hpp"
 
 namespace procpool::detail {
@@ -73,6 +74,14 @@ class Transport {
   /// Whether w runs on the caller's CPU: such workers are served last, so that a lone task runs
   /// beside the caller, not in its way.
   [[nodiscard]] virtual bool on_callers_cpu(std::size_t /*w*/) const { return false; }
+  /// The error item `index` of a call (named `item`: "item 41") fails with when w reports that it
+  /// failed with `e` (a failure record of its results): a RemoteError, by default. A transport whose
+  /// workers relay failures from further away (MPI ranks) may re-create other errors there.
+  [[nodiscard]] virtual std::exception_ptr item_error(std::size_t w, const RemoteException& e, const std::string& item,
+                                                      std::size_t index) const {
+    return std::make_exception_ptr(
+        make_remote_error(e, fmt::format("procpool::Pool: {} in {}", item, describe(w)), index));
+  }
 };
 
 /// The scheduler's time, in nanoseconds on one monotonic clock (the transport's RunningItem

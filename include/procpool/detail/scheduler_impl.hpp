@@ -232,11 +232,7 @@ inline void Scheduler::results(std::size_t w, std::uint64_t id, std::span<const 
     c.for_each_sent_item([&](std::uint32_t local, Batch& b, std::size_t index, bool has_outcome) {
       if (resume_from || local >= answered) return;
       if (f < failed.size() && failed[f].first == local) {
-        if (!has_outcome) {
-          const std::string context =
-              fmt::format("procpool::Pool: {} in {}", b.describe(index), transport_.describe(w));
-          b.accept_error(index, std::make_exception_ptr(make_remote_error(failed[f].second, context, index)));
-        }
+        if (!has_outcome) b.accept_error(index, transport_.item_error(w, failed[f].second, b.describe(index), index));
         ++f;
       } else if (has_outcome) {
         // Its call was stopped while it was out: the value is read past and dropped.
