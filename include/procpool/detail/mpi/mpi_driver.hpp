@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <deque>
 #include <map>
 #include <memory>
@@ -17,6 +18,7 @@
 #include <set>
 #include <span>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
 #include <utility>
@@ -33,6 +35,7 @@
 #include "../settings.hpp"
 #include "comm.hpp"
 #include "modules.hpp"
+#include "raw_batch.hpp"
 #include "server.hpp"
 #include "travel.hpp"
 
@@ -110,6 +113,20 @@ class MpiTransport final : public Transport {
 
   [[nodiscard]] RunningItem running(std::size_t /*w*/) const override { return {}; }
   [[nodiscard]] bool initialized(std::size_t /*w*/) const override { return true; }
+  /// A failure relayed by a rank: a worker's death or timeout there becomes a ProcessError or a
+  /// TimeoutError here (its message already names rank, host, worker and item); an exception stays
+  /// a RemoteError with its type.
+  [[nodiscard]] std::exception_ptr item_error(std::size_t w, const RemoteException& e, const std::string& item,
+                                              std::size_t index) const override {
+    if (e.type_name == kProcessErrorType)
+      return std::make_exception_ptr(
+          ProcessError(fmt::format("procpool::mpi::Pool: {}", e.what), exitcode_in(e.what), index));
+    if (e.type_name == kTimeoutErrorType)
+      return std::make_exception_ptr(TimeoutError(fmt::format("procpool::mpi::Pool: {}", e.what), index));
+    return std::make_exception_ptr(
+        make_remote_error(e, fmt::format("procpool::mpi::Pool: {} in {}", item, describe(w)), index));
+  }
+
   [[nodiscard]] std::string describe(std::size_t w) const override {
     const RankInfo& r = ranks_[slot_rank_[w]];
     return fmt::format("rank {} (host {})", r.rank, r.host);
@@ -182,6 +199,19 @@ class MpiTransport final : public Transport {
     std::set<std::uint64_t> sent;             // chunks out, not yet released
     std::map<std::uint64_t, Buffer> waiting;  // results that came before an earlier chunk's
   };
+
+  /// The exit code (Python's convention) in a message of messages.hpp's describe_ending: "was
+  /// killed by signal 11 (SIGSEGV)" is -11, "exited with code 3" is 3; -256 if it says neither.
+  static int exitcode_in(const std::string& what) {
+    const auto number_after = [&](std::string_view words) -> std::optional<int> {
+      const std::size_t at = what.find(words);
+      if (at == std::string::npos) return std::nullopt;
+      return std::atoi(what.c_str() + at + words.size());
+    };
+    if (const auto sig = number_after("killed by signal ")) return -*sig;
+    if (const auto code = number_after("exited with code ")) return *code;
+    return -256;
+  }
 
   /// Gives the scheduler the slot's results in the order the chunks were sent.
   void deliver(Scheduler& s, std::size_t w, std::size_t head) {
