@@ -1,6 +1,6 @@
 // procpool::detail::mpi: messages between ranks over MPI, never blocking: an Outbox of
 // non-blocking sends and an Inbox of matched probes (MPI_Improbe + MPI_Mrecv). A message is its
-// kind (the MPI tag) and a body; a body larger than kPieceBytes travels as a head plus pieces sent
+// kind (the MPI tag) and a body; a body larger than kInlineBytes travels as a head plus pieces sent
 // with the tag `piece` (MPI counts are ints: one MPI message carries less than 2 GiB), received
 // straight into place. Messages from one rank are delivered in the order it sent them.
 #pragma once
@@ -48,6 +48,9 @@ enum class Kind : int {
 inline constexpr std::size_t kPieceBytes = std::size_t{16} << 20;
 static_assert(kPieceBytes < static_cast<std::size_t>(INT_MAX));
 
+/// A body up to this size travels inside its head message; a larger one in pieces of its own.
+inline constexpr std::size_t kInlineBytes = std::size_t{64} << 10;
+
 /// Throws procpool::Error for a failed MPI call (MPI_ERRORS_RETURN is set on the communicator).
 inline void check(int rc, const char* what) {
   if (rc == MPI_SUCCESS) return;
@@ -89,9 +92,10 @@ class Outbox {
   void send(int dest, Kind kind, Buffer body) {
     Pending& p = pending_.emplace_back();
     p.body = std::move(body);
-    // The head says how long the whole body is; what does not fit follows in pieces.
+    // The head says how long the whole body is. A small body travels in it (one message); a large
+    // one follows in pieces sent from where it is, and received straight into place: not copied.
     const std::uint64_t total = p.body.size();
-    const std::size_t first = std::min<std::size_t>(p.body.size(), kPieceBytes);
+    const std::size_t first = p.body.size() <= kInlineBytes ? p.body.size() : 0;
     p.head.append(&total, sizeof total);
     p.head.append(p.body.data(), first);
     bytes_sent_ += total;
