@@ -1241,6 +1241,28 @@ TEST_CASE("a worker that cannot be started at start-up leaves spawn_error for th
 
 // ---- stopping a call: cancel and deadlines --------------------------------------------------
 
+/// Three single-item calls of one job, dispatched to a rig's only worker as one chunk [a0, b0, c0]
+/// (a's chunk_size of 3 lets the others join its chunk); the tests stop b.
+struct ThreeCallsInOneChunk {
+  explicit ThreeCallsInOneChunk(Rig& rig)
+      : a(rig.add_ints(1, 3, 100)), b(rig.add_ints(1, 0, 200)), c(rig.add_ints(1, 0, 300)) {
+    rig.sched.dispatch();
+    REQUIRE(rig.transport.sizes() == std::vector<std::size_t>{3});
+    chunk = rig.transport.sent[0];
+  }
+  /// a and c have their values, b failed with CancelledError, and each item has one outcome.
+  void check_only_b_cancelled() const {
+    CHECK(a->has_value(0));
+    CHECK(c->has_value(0));
+    CHECK(failure_of(b->errors[0]).kind == "CancelledError");
+    CHECK(a->each_item_has_one_outcome());
+    CHECK(b->each_item_has_one_outcome());
+    CHECK(c->each_item_has_one_outcome());
+  }
+  std::shared_ptr<IntBatch> a, b, c;
+  Sent chunk;
+};
+
 TEST_CASE("a call stopped before any of it went out fails every item and never sends one") {
   Rig rig(with_workers(1));
   rig.start();
@@ -1263,102 +1285,71 @@ TEST_CASE("a call stopped before any of it went out fails every item and never s
 TEST_CASE("a call stopped while its item runs gets that worker killed, nobody blamed, and the others run again") {
   Rig rig(with_workers(1));
   rig.start();
-  // Single-item calls of one job travel together: one chunk [a0, b0, c0].
-  const auto a = rig.add_ints(1, 3, 100);  // its chunk_size (3) lets the calls after it join its chunk
-  const auto b = rig.add_ints(1, 0, 200);
-  const auto c = rig.add_ints(1, 0, 300);
-  rig.sched.dispatch();
-  REQUIRE(rig.transport.sizes() == std::vector<std::size_t>{3});
-  const Sent chunk = rig.transport.sent[0];
-  rig.transport.running_at[0] = RunningItem{chunk.id, 1, rig.clock.now};
-  CHECK(rig.sched.abort(*b, Abort::cancelled));
+  const ThreeCallsInOneChunk calls(rig);
+  rig.transport.running_at[0] = RunningItem{calls.chunk.id, 1, rig.clock.now};
+  CHECK(rig.sched.abort(*calls.b, Abort::cancelled));
   CHECK(rig.transport.killed == std::vector<std::size_t>{0});
   CHECK(rig.transport.withdrawals.empty());
   // The kill lands after the worker moved on to c0: c0 is not to blame either.
-  rig.die(0, -9, RunningItem{chunk.id, 2, rig.clock.now});
-  CHECK(a->errors[0] == nullptr);
-  CHECK(c->errors[0] == nullptr);
+  rig.die(0, -9, RunningItem{calls.chunk.id, 2, rig.clock.now});
+  CHECK(calls.a->errors[0] == nullptr);
+  CHECK(calls.c->errors[0] == nullptr);
   rig.boot(0);
   rig.sched.dispatch();
   REQUIRE(rig.transport.sent.size() == 2);
   CHECK(rig.transport.sent[1].skip == std::vector<std::uint32_t>{1});
   rig.answer(0, 3000);
-  CHECK(a->has_value(0));
-  CHECK(c->has_value(0));
-  CHECK(failure_of(b->errors[0]).kind == "CancelledError");
-  CHECK(a->each_item_has_one_outcome());
-  CHECK(b->each_item_has_one_outcome());
-  CHECK(c->each_item_has_one_outcome());
+  calls.check_only_b_cancelled();
   CHECK(rig.transport.protocol_errors.empty());
 }
 
 TEST_CASE("a stopped call's items waiting in a worker's chunk are withdrawn, and the worker answers what it ran") {
   Rig rig(with_workers(1));
   rig.start();
-  const auto a = rig.add_ints(1, 3, 100);  // its chunk_size (3) lets the calls after it join its chunk
-  const auto b = rig.add_ints(1, 0, 200);
-  const auto c = rig.add_ints(1, 0, 300);
-  rig.sched.dispatch();
-  const Sent chunk = rig.transport.sent.at(0);
-  rig.transport.running_at[0] = RunningItem{chunk.id, 0, rig.clock.now};  // runs a0
-  CHECK(rig.sched.abort(*b, Abort::cancelled));
+  const ThreeCallsInOneChunk calls(rig);
+  rig.transport.running_at[0] = RunningItem{calls.chunk.id, 0, rig.clock.now};  // runs a0
+  CHECK(rig.sched.abort(*calls.b, Abort::cancelled));
   CHECK(rig.transport.killed.empty());
   REQUIRE(rig.transport.withdrawals.size() == 1);
-  CHECK(rig.transport.withdrawals[0] == FakeTransport::Withdrawal{0, chunk.id, 1});
+  CHECK(rig.transport.withdrawals[0] == FakeTransport::Withdrawal{0, calls.chunk.id, 1});
   // The worker stops before item 1 and answers item 0; c0 runs again, b0 never.
   rig.answer_part(0, 1);
-  CHECK(a->has_value(0));
+  CHECK(calls.a->has_value(0));
   rig.sched.dispatch();
   REQUIRE(rig.transport.sent.size() == 2);
   CHECK(rig.transport.sent[1].skip == std::vector<std::uint32_t>{0, 1});
   rig.answer(0, 1000);
-  CHECK(c->has_value(0));
-  CHECK(failure_of(b->errors[0]).kind == "CancelledError");
-  CHECK(b->discarded == 0);
-  CHECK(a->each_item_has_one_outcome());
-  CHECK(b->each_item_has_one_outcome());
-  CHECK(c->each_item_has_one_outcome());
+  calls.check_only_b_cancelled();
+  CHECK(calls.b->discarded == 0);
   CHECK(rig.transport.held.empty());
 }
 
 TEST_CASE("a worker that starts a stopped item just as the withdrawal is posted is killed") {
   Rig rig(with_workers(1));
   rig.start();
-  const auto a = rig.add_ints(1, 3, 100);  // its chunk_size (3) lets the calls after it join its chunk
-  const auto b = rig.add_ints(1, 0, 200);
-  rig.sched.dispatch();
-  const Sent chunk = rig.transport.sent.at(0);
-  rig.transport.running_at[0] = RunningItem{chunk.id, 0, rig.clock.now};
-  rig.transport.started_during_withdrawal = RunningItem{chunk.id, 1, rig.clock.now};
-  CHECK(rig.sched.abort(*b, Abort::cancelled));
+  const ThreeCallsInOneChunk calls(rig);
+  rig.transport.running_at[0] = RunningItem{calls.chunk.id, 0, rig.clock.now};
+  rig.transport.started_during_withdrawal = RunningItem{calls.chunk.id, 1, rig.clock.now};
+  CHECK(rig.sched.abort(*calls.b, Abort::cancelled));
   CHECK(rig.transport.killed == std::vector<std::size_t>{0});
-  rig.die(0, -9, RunningItem{chunk.id, 1, rig.clock.now});
+  rig.die(0, -9, RunningItem{calls.chunk.id, 1, rig.clock.now});
   rig.boot(0);
   rig.run_to_end();
-  CHECK(a->has_value(0));
-  CHECK(failure_of(b->errors[0]).kind == "CancelledError");
-  CHECK(b->each_item_has_one_outcome());
+  calls.check_only_b_cancelled();
 }
 
 TEST_CASE("a value that arrives for an item of a stopped call is read past and dropped") {
   Rig rig(with_workers(1));
   rig.start();
-  const auto a = rig.add_ints(1, 3, 100);  // its chunk_size (3) lets the calls after it join its chunk
-  const auto b = rig.add_ints(1, 0, 200);
-  const auto c = rig.add_ints(1, 0, 300);
-  rig.sched.dispatch();
-  const Sent chunk = rig.transport.sent.at(0);
+  const ThreeCallsInOneChunk calls(rig);
   // The worker already ran b0 and is on c0: the withdrawal is too late for b0, nothing to kill.
-  rig.transport.running_at[0] = RunningItem{chunk.id, 2, rig.clock.now};
-  CHECK(rig.sched.abort(*b, Abort::cancelled));
+  rig.transport.running_at[0] = RunningItem{calls.chunk.id, 2, rig.clock.now};
+  CHECK(rig.sched.abort(*calls.b, Abort::cancelled));
   CHECK(rig.transport.killed.empty());
   CHECK(rig.transport.withdrawals.empty());
   rig.answer(0, 3000);
-  CHECK(b->discarded == 1);
-  CHECK(a->has_value(0));
-  CHECK(c->has_value(0));
-  CHECK(failure_of(b->errors[0]).kind == "CancelledError");
-  CHECK(b->each_item_has_one_outcome());
+  CHECK(calls.b->discarded == 1);
+  calls.check_only_b_cancelled();
 }
 
 TEST_CASE("a call's deadline fails what has not finished with TimeoutError, and next_timer names it") {
