@@ -438,8 +438,8 @@ class MpiDriver final : public Driver {
   /// automatic sizing aims at a millisecond of work per chunk and shrinks chunks towards one item
   /// at the end of a call, right for local workers a few microseconds away; a rank's round trip
   /// costs far more. From the measured cost of the oldest call's job, chunks hold about
-  /// kRankChunkNs of one worker's work, and at the end of a call never less than kMinRankChunkNs
-  /// (the scheduler reads this through its Settings).
+  /// kRankChunkNs of one worker's work (more with thousands of slots), and at the end of a call
+  /// never less than kMinRankChunkNs (the scheduler reads this through its Settings).
   void size_chunks() {
     if (user_chunk_size_ > 0) return;
     while (!queued_.empty() && (queued_.front().batch.expired() || queued_.front().batch.lock()->source_done()))
@@ -451,7 +451,11 @@ class MpiDriver final : public Driver {
     if (job == nullptr || job->ns_per_item <= 0) return;
     const double ns = job->ns_per_item * static_cast<double>(RawBatch::kChunkScale);
     const auto items = [&](double budget_ns) { return static_cast<std::size_t>(std::clamp(budget_ns / ns, 1.0, 1e6)); };
-    std::size_t n = items(kRankChunkNs);
+    // With many slots, chunks grow so that the driver's own cost per chunk (kDriverNsPerChunk,
+    // measured: docs/scaling.md) stays under half of its time: every slot asks for a chunk about
+    // once per chunk's work.
+    const double budget = std::max(kRankChunkNs, 2.0 * kDriverNsPerChunk * static_cast<double>(scheduler_.size()));
+    std::size_t n = items(budget);
     if (b->total_known()) {
       const std::size_t balance = (b->total() - b->dispatched()) / (2 * scheduler_.size());
       n = std::min(n, std::max(balance, items(kMinRankChunkNs)));
@@ -471,6 +475,7 @@ class MpiDriver final : public Driver {
 
   static constexpr double kRankChunkNs = 16e6;
   static constexpr double kMinRankChunkNs = 2e6;
+  static constexpr double kDriverNsPerChunk = 25e3;
 
   struct Queued {
     std::weak_ptr<Batch> batch;
