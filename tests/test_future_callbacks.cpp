@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <csignal>
+#include <memory>
 #include <procpool/pool.hpp>
 #include <stdexcept>
 #include <string>
@@ -207,4 +208,19 @@ TEST_CASE("a dropped Future's callback that throws is reported on stderr") {
         [](const procpool::Outcome<int>&) { throw std::runtime_error("nobody is listening"); });
   }
   CHECK_THAT(err.text(), Catch::Contains("nobody is listening"));
+}
+
+TEST_CASE("a done callback that destroys the last handle on its pool ends cleanly") {
+  auto pool = std::make_shared<procpool::Pool>(procpool_test::two_workers());
+  std::atomic<bool> ran{false};
+  // The Future is dropped too: the pool's last owner is the callback, and ~Pool runs on the thread
+  // that runs it (the progress thread, as this one only sleeps).
+  pool->submit(slow_twice, 1).add_done_callback([holder = pool, &ran](const procpool::Outcome<int>& o) mutable {
+    if (o.has_value()) holder.reset();
+    ran = true;
+  });
+  pool.reset();
+  CHECK(sleep_until([&] { return ran.load(); }));
+  std::this_thread::sleep_for(50ms);  // the detached progress thread finishes after the callback
+  CHECK(procpool_test::zombie_children().empty());
 }

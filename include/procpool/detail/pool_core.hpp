@@ -93,7 +93,9 @@ class PoolCore final : public Driver {
 
  private:
   struct State;
-  std::unique_ptr<State> s_;
+  // Shared with the progress thread, which may outlive this object by the end of a done callback
+  // that destroyed the pool.
+  std::shared_ptr<State> s_;
 };
 
 }  // namespace procpool::detail

@@ -25,13 +25,6 @@ struct PoolCore::State {
   explicit State(Settings s) : settings(std::move(s)), transport(settings), scheduler(settings, transport, clock) {}
   State(const State&) = delete;
   State& operator=(const State&) = delete;
-  ~State() {
-    // shutdown() stops the progress thread; this covers a constructor that failed after starting it.
-    if (progress_thread.joinable()) {
-      std::unique_lock lock(mu);
-      stop_progress_thread(lock);
-    }
-  }
 
   /// One round by this thread, which becomes the driver for it.
   void drive_round(std::unique_lock<std::mutex>& lock, std::optional<TimePoint> deadline, bool spin) {
@@ -140,7 +133,9 @@ struct PoolCore::State {
     cv.notify_all();
     if (!progress_thread.joinable()) return;
     if (progress_thread.get_id() == std::this_thread::get_id()) {
-      progress_thread.detach();  // a done callback shut its own pool down: the loop ends when it returns
+      // A done callback shut its own pool down: the loop ends when the callback returns, and the
+      // thread's reference to this state is the last one.
+      progress_thread.detach();
       return;
     }
     lock.unlock();
@@ -192,7 +187,7 @@ struct PoolCore::State {
   std::vector<std::shared_ptr<PoolCore>> adopted;
 };
 
-PROCPOOL_DECL PoolCore::PoolCore(Settings settings) : s_(std::make_unique<State>(std::move(settings))) {
+PROCPOOL_DECL PoolCore::PoolCore(Settings settings) : s_(std::make_shared<State>(std::move(settings))) {
   s_->transport.start(s_->scheduler);
   // A worker that could not be forked fails the construction. (One whose initializer failed does
   // not: the pool is then constructed broken, and its calls say why.)
@@ -207,6 +202,9 @@ PROCPOOL_DECL PoolCore::~PoolCore() {
   } catch (...) {
     // The state's destructors release what is left.
   }
+  // Normally stopped by shutdown(); not if it threw before it got there.
+  std::unique_lock lock(s_->mu);
+  s_->stop_progress_thread(lock);
 }
 
 PROCPOOL_DECL std::size_t PoolCore::size() const noexcept { return s_->settings.workers; }
@@ -291,7 +289,7 @@ PROCPOOL_DECL void PoolCore::watch(std::shared_ptr<Batch> batch) {
     return;
   }
   if (!s_->progress_thread.joinable() && !s_->progress_stop)
-    s_->progress_thread = std::thread([state = s_.get()] { state->progress_loop(); });
+    s_->progress_thread = std::thread([state = s_] { state->progress_loop(); });
   s_->cv.notify_all();
 }
 
