@@ -54,7 +54,8 @@ class RawBatch final : public Batch {
         skip_(std::move(skip)),
         spans_(std::move(spans)),
         shape_(shape),
-        where_(std::move(where)) {
+        where_(std::move(where)),
+        result_fixed_(shape(ShapeQuery::result_fixed_size, {})) {
     const std::size_t fixed = shape_(ShapeQuery::item_fixed_size, {});
     if (fixed != 0 && skip_.empty()) {
       // Items of one size, all to run: located by arithmetic, none listed.
@@ -109,10 +110,13 @@ class RawBatch final : public Batch {
   }
 
   void accept_value(std::size_t index, Decoder& in) override {
+    if (result_fixed_ != 0) {
+      keep(index, 1, in.take(result_fixed_));
+      return;
+    }
     Decoder probe = in;
     const std::span<const std::byte> rest = probe.take(probe.remaining());
-    const std::size_t n = shape_(ShapeQuery::result_size, rest);
-    keep(index, 1, in.take(n));
+    keep(index, 1, in.take(shape_(ShapeQuery::result_size, rest)));
   }
 
   void discard_value(Decoder& in) override {
@@ -173,6 +177,7 @@ class RawBatch final : public Batch {
   };
   struct Piece {
     std::size_t first;  // the first open item it holds the values of
+    std::size_t count;  // how many items' values, back to back
     std::size_t at;     // in arena_
     std::size_t size;
   };
@@ -182,8 +187,19 @@ class RawBatch final : public Batch {
     return fixed_ != 0 ? static_cast<std::uint32_t>(index) : open_[index].local;
   }
 
-  void keep(std::size_t first, std::size_t /*count*/, std::span<const std::byte> bytes) {
-    pieces_.push_back({first, arena_.size(), bytes.size()});
+  /// Keeps the values of `count` items from `first` on. Values usually come in item order (a local
+  /// chunk's, one by one or as a block): they then extend the last piece.
+  void keep(std::size_t first, std::size_t count, std::span<const std::byte> bytes) {
+    if (!pieces_.empty()) {
+      Piece& last = pieces_.back();
+      if (last.first + last.count == first && last.at + last.size == arena_.size()) {
+        last.count += count;
+        last.size += bytes.size();
+        arena_.append(bytes.data(), bytes.size());
+        return;
+      }
+    }
+    pieces_.push_back({first, count, arena_.size(), bytes.size()});
     arena_.append(bytes.data(), bytes.size());
   }
 
@@ -218,6 +234,7 @@ class RawBatch final : public Batch {
   std::vector<Span> spans_;
   ShapeFn shape_;
   std::string where_;
+  std::size_t result_fixed_;  // > 0: every result has this size
   std::int64_t started_ns_ = 0;
   std::vector<Open> open_;
   std::size_t next_ = 0;
