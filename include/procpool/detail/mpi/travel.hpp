@@ -13,8 +13,10 @@
 #include <functional>
 #include <memory>
 #include <span>
+#include <string>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include <fmt/core.h>
 
@@ -37,13 +39,37 @@ enum class ShapeQuery : int {
 /// Measures encoded arguments (In) and results (Out) of a call; see ShapeQuery.
 using ShapeFn = std::size_t (*)(ShapeQuery, std::span<const std::byte>);
 
+/// The element type of a string or vector whose elements are bitwise (encoded as a count, then
+/// the elements' bytes), or void.
+template <class T>
+struct contiguous_bitwise {
+  using type = void;
+};
+template <class C, class Tr, class A>
+  requires is_bitwise_codec_v<C>
+struct contiguous_bitwise<std::basic_string<C, Tr, A>> {
+  using type = C;
+};
+template <class E, class A>
+  requires(is_bitwise_codec_v<E> && !std::is_same_v<E, bool>)
+struct contiguous_bitwise<std::vector<E, A>> {
+  using type = E;
+};
+
 template <class T>
 std::size_t measure_one(std::span<const std::byte> bytes) {
+  using Element = typename contiguous_bitwise<T>::type;
   if constexpr (std::is_void_v<T>) {
     return 0;
   } else if constexpr (is_bitwise_codec_v<T>) {
     if (bytes.size() < sizeof(T)) throw DecodeError("procpool::mpi: a truncated value");
     return sizeof(T);
+  } else if constexpr (!std::is_void_v<Element>) {
+    // A string or a vector of bitwise elements: its count, then its bytes, skipped unread.
+    Decoder d(bytes);
+    const std::size_t n = d.read_count(sizeof(Element));
+    (void)d.take(n * sizeof(Element));
+    return d.position();
   } else {
     Decoder d(bytes);
     T v{};
