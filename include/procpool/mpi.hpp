@@ -20,8 +20,10 @@
 #define MPICH_SKIP_MPICXX 1
 #endif
 #include <mpi.h>
+#include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdio>
@@ -385,6 +387,52 @@ struct MpiSession {
   }
 };
 
+/// While it lives on rank 0, SIGTERM (how mpirun ends the job when another rank died) first writes a
+/// line saying so on stderr, then ends the process as it would have. Installed only where SIGTERM
+/// has its default action; the previous action comes back with the destructor.
+class TermNotice {
+ public:
+  explicit TermNotice(const std::string& host) {
+    struct sigaction current {};
+    if (::sigaction(SIGTERM, nullptr, &current) != 0 || current.sa_handler != SIG_DFL) return;
+    const int n = std::snprintf(text(), kTextBytes,
+                                "procpool::mpi: rank 0 (host %s) was told to stop (SIGTERM): another rank ended "
+                                "before the job did, and under Open MPI 4 that ends the whole job (mpirun says which "
+                                "rank and how)\n",
+                                host.c_str());
+    length() = n > 0 ? std::min<std::size_t>(static_cast<std::size_t>(n), kTextBytes - 1) : 0;
+    struct sigaction notice {};
+    notice.sa_handler = &TermNotice::on_term;
+    sigemptyset(&notice.sa_mask);
+    installed_ = ::sigaction(SIGTERM, &notice, &previous_) == 0;
+  }
+  TermNotice(const TermNotice&) = delete;
+  TermNotice& operator=(const TermNotice&) = delete;
+  ~TermNotice() {
+    if (installed_) ::sigaction(SIGTERM, &previous_, nullptr);
+  }
+
+ private:
+  static constexpr std::size_t kTextBytes = 512;
+  static char* text() noexcept {
+    static char buffer[kTextBytes];
+    return buffer;
+  }
+  static std::size_t& length() noexcept {
+    static std::size_t n = 0;
+    return n;
+  }
+  // Async-signal-safe: write, signal, raise.
+  static void on_term(int /*sig*/) {
+    [[maybe_unused]] const ssize_t w = ::write(STDERR_FILENO, text(), length());
+    ::signal(SIGTERM, SIG_DFL);
+    ::raise(SIGTERM);
+  }
+
+  struct sigaction previous_ {};
+  bool installed_ = false;
+};
+
 /// A serving rank's fatal error: said on stderr, and the whole job ends (rank 0 cannot go on without
 /// this rank under Open MPI 4).
 [[noreturn]] inline void abort_job(MPI_Comm comm, const std::string& where, const std::string& why) {
@@ -503,6 +551,9 @@ int run(int argc, char** argv, const Options& options, F&& fn) {
   }
   settings.workers = std::max<std::size_t>(1, slots);
   settings.chunk_size = options.chunk_size;
+  // If a serving rank dies, Open MPI 4 ends the job: mpirun sends rank 0 SIGTERM. Rank 0 then says
+  // why it stops (unless the program handles SIGTERM itself); the handler is removed when run returns.
+  detail::TermNotice notice(host);
   auto driver = std::make_shared<dm::MpiDriver>(std::move(out), std::move(in), std::move(ranks), std::move(settings));
   std::exception_ptr error;
   int result = 0;

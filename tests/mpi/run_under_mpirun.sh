@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs one MPI test and checks what it leaves behind.
 #   run_under_mpirun.sh EXPECT PATTERN -- COMMAND...
-# EXPECT: "pass" (COMMAND must exit 0) or "fail" (it must exit non-zero). PATTERN: an extended
-# regular expression its output must match ("" for none). Every process the command starts carries
+# EXPECT: "pass" (COMMAND must exit 0) or "fail" (it must exit non-zero). PATTERN: extended
+# regular expressions, separated by |||, each of which a line of its output must match ("" for none). Every process the command starts carries
 # PROCPOOL_MPI_TEST_MARKER in its environment (mpirun is given it with -x); after the command
 # ends, no process may still carry it (ranks, zygotes and workers alike), within 10 seconds.
 set -uo pipefail
@@ -22,9 +22,13 @@ elif [[ "$expect" == fail && $rc -eq 0 ]]; then
   echo "run_under_mpirun: the command should have failed, and exited 0"
   status=1
 fi
-if [[ -n "$pattern" ]] && ! grep -Eq -- "$pattern" "$output"; then
-  echo "run_under_mpirun: the output does not match: $pattern"
-  status=1
+if [[ -n "$pattern" ]]; then
+  while IFS= read -r one; do
+    if ! grep -Eq -- "$one" "$output"; then
+      echo "run_under_mpirun: the output does not match: $one"
+      status=1
+    fi
+  done < <(printf '%s\n' "${pattern//|||/$'\n'}")
 fi
 left=""
 for _ in $(seq 100); do
