@@ -373,11 +373,15 @@ int call_user(F& fn, Pool& pool) {
 /// Ends MPI on every path out of run().
 struct MpiSession {
   MPI_Comm comm = MPI_COMM_NULL;
+  /// Whether any thread may call MPI, one at a time (rank 0's driver may be driven by any thread
+  /// that waits on the pool, and by its progress thread).
+  bool serialized = false;
   MpiSession(const MpiSession&) = delete;
   MpiSession& operator=(const MpiSession&) = delete;
   MpiSession(int& argc, char**& argv) {
     int provided = 0;
     ::procpool::detail::mpi::check(MPI_Init_thread(&argc, &argv, MPI_THREAD_SERIALIZED, &provided), "MPI_Init_thread");
+    serialized = provided >= MPI_THREAD_SERIALIZED;
     MPI_Comm_dup(MPI_COMM_WORLD, &comm);
     MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
   }
@@ -554,7 +558,8 @@ int run(int argc, char** argv, const Options& options, F&& fn) {
   // If a serving rank dies, Open MPI 4 ends the job: mpirun sends rank 0 SIGTERM. Rank 0 then says
   // why it stops (unless the program handles SIGTERM itself); the handler is removed when run returns.
   detail::TermNotice notice(host);
-  auto driver = std::make_shared<dm::MpiDriver>(std::move(out), std::move(in), std::move(ranks), std::move(settings));
+  auto driver = std::make_shared<dm::MpiDriver>(std::move(out), std::move(in), std::move(ranks), std::move(settings),
+                                                session.serialized);
   std::exception_ptr error;
   int result = 0;
   {

@@ -245,8 +245,12 @@ class MpiTransport final : public Transport {
 /// call happens with the mutex held (MPI_THREAD_SERIALIZED).
 class MpiDriver final : public Driver {
  public:
-  MpiDriver(Outbox outbox, Inbox inbox, std::vector<RankInfo> ranks, Settings settings)
+  /// `threads`: whether MPI may be called from any thread, one at a time (MPI_THREAD_SERIALIZED);
+  /// without it, only the thread that called run may drive (no done callbacks, no other threads).
+  MpiDriver(Outbox outbox, Inbox inbox, std::vector<RankInfo> ranks, Settings settings, bool threads)
       : settings_(std::move(settings)),
+        threads_(threads),
+        main_thread_(std::this_thread::get_id()),
         user_chunk_size_(settings_.chunk_size),
         transport_(std::move(outbox), std::move(inbox), std::move(ranks)),
         scheduler_(settings_, transport_, clock_) {
@@ -335,6 +339,9 @@ class MpiDriver final : public Driver {
   /// Runs `batch`'s done callbacks once it settles, driving the pool from a progress thread while
   /// no caller does.
   void watch(std::shared_ptr<Batch> batch) override {
+    if (!threads_)
+      throw Error("procpool::mpi::Pool: done callbacks need a thread that drives MPI, and this MPI library does not "
+                  "provide MPI_THREAD_SERIALIZED");
     std::unique_lock lock(mu_);
     if (std::find(watched_.begin(), watched_.end(), batch) == watched_.end()) watched_.push_back(std::move(batch));
     if (scheduler_.lifecycle().stopped()) {
@@ -415,6 +422,9 @@ class MpiDriver final : public Driver {
 
   /// Dispatch, hand over what arrived, dispatch again. True if anything happened.
   bool round(std::unique_lock<std::mutex>& /*lock*/) {
+    if (!threads_ && std::this_thread::get_id() != main_thread_)
+      throw Error("procpool::mpi::Pool: only the thread that called procpool::mpi::run may use the pool: this MPI "
+                  "library does not provide MPI_THREAD_SERIALIZED");
     driving_ = true;
     bool news = false;
     try {
@@ -483,6 +493,8 @@ class MpiDriver final : public Driver {
   };
 
   Settings settings_;  // the scheduler holds it by reference; size_chunks() sets its chunk_size
+  const bool threads_;
+  const std::thread::id main_thread_;
   const std::size_t user_chunk_size_;
   std::deque<Queued> queued_;  // calls with items left to dispatch, oldest first
   MonotonicClock clock_;
