@@ -1,8 +1,9 @@
 // procpool::detail::mpi: messages between ranks over MPI, never blocking: an Outbox of
 // non-blocking sends and an Inbox of matched probes (MPI_Improbe + MPI_Mrecv). A message is its
-// kind (the MPI tag) and a body; a body larger than kInlineBytes travels as a head plus pieces sent
-// with the tag `piece` (MPI counts are ints: one MPI message carries less than 2 GiB), received
-// straight into place. Messages from one rank are delivered in the order it sent them.
+// kind (the MPI tag) and a body; a body larger than kInlineBytes travels as a head (its length and
+// its front, a small header) plus pieces sent with the tag `piece` (MPI counts are ints: one MPI
+// message carries less than 2 GiB), received straight into place. Messages from one rank are
+// delivered in the order it sent them.
 #pragma once
 
 // The C API only: Open MPI's and MPICH's deprecated C++ bindings are not used (nor warnings-clean).
@@ -14,12 +15,15 @@
 #endif
 #include <mpi.h>
 
+#include <algorithm>
+#include <bit>
 #include <climits>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <utility>
@@ -77,6 +81,72 @@ struct Message {
   Buffer body;
 };
 
+/// A few large buffers kept for reuse by this process's messages: a chunk's items arriving, a
+/// rank's gathered results. Fresh memory faults once per 4 KiB page on first touch, and under a
+/// hypervisor each fault costs microseconds; a rank that takes in megabytes per chunk would spend
+/// more time faulting than copying. At most kMaxBytes are kept, idle, per process.
+class BufferStash {
+ public:
+  static constexpr std::size_t kMinBytes = std::size_t{16} << 10;  // smaller ones are cheap to allocate
+  static constexpr std::size_t kMaxBytes = std::size_t{64} << 20;  // kept in all
+  static constexpr std::size_t kMaxBuffers = 16;
+
+  static BufferStash& instance() {
+    static BufferStash stash;
+    return stash;
+  }
+
+  /// An empty buffer of capacity at least `n`, its pages mapped: a kept one if one is large enough.
+  [[nodiscard]] Buffer take(std::size_t n) {
+    if (n >= kMinBytes) {
+      std::lock_guard lock(mu_);
+      auto best = kept_.end();
+      for (auto it = kept_.begin(); it != kept_.end(); ++it)
+        if (it->capacity() >= n && (best == kept_.end() || it->capacity() < best->capacity())) best = it;
+      if (best != kept_.end()) {
+        Buffer b = std::move(*best);
+        kept_.erase(best);
+        bytes_ -= b.capacity();
+        b.clear();
+        return b;
+      }
+    }
+    // Rounded up to a power of two, so that a later, slightly larger message finds it large enough.
+    const std::size_t capacity = n >= kMinBytes ? std::bit_ceil(n) : n;
+    Buffer b(capacity);
+    prefault_for_write(b.data(), capacity);
+    return b;
+  }
+
+  /// Keeps `b` for a later take(), if it is large, its own, and there is room (the smallest kept
+  /// ones make room for a larger one).
+  void give(Buffer&& b) noexcept {
+    // Only buffers take() made (a power of two): a message's own buffer is sized to it, and would
+    // rarely fit another.
+    if (!b.owns_storage() || b.capacity() < kMinBytes || b.capacity() > kMaxBytes || !std::has_single_bit(b.capacity()))
+      return;
+    std::lock_guard lock(mu_);
+    while (!kept_.empty() && (bytes_ + b.capacity() > kMaxBytes || kept_.size() >= kMaxBuffers)) {
+      const auto smallest = std::min_element(
+          kept_.begin(), kept_.end(), [](const Buffer& x, const Buffer& y) { return x.capacity() < y.capacity(); });
+      if (smallest->capacity() >= b.capacity()) return;
+      bytes_ -= smallest->capacity();
+      kept_.erase(smallest);
+    }
+    try {
+      kept_.push_back(std::move(b));
+      bytes_ += kept_.back().capacity();
+    } catch (const std::bad_alloc&) {
+      // Not kept: it is freed like any other.
+    }
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<Buffer> kept_;
+  std::size_t bytes_ = 0;
+};
+
 /// Sends in flight; their buffers are kept until MPI is done with them.
 class Outbox {
  public:
@@ -84,32 +154,60 @@ class Outbox {
   Outbox(const Outbox&) = delete;
   Outbox& operator=(const Outbox&) = delete;
   Outbox(Outbox&& other) noexcept
-      : comm_(other.comm_), pending_(std::exchange(other.pending_, {})), bytes_sent_(other.bytes_sent_) {}
+      : comm_(other.comm_),
+        pending_(std::exchange(other.pending_, {})),
+        last_ticket_(other.last_ticket_),
+        bytes_sent_(other.bytes_sent_) {}
   Outbox& operator=(Outbox&&) = delete;
   ~Outbox() { drain(); }
 
-  /// Starts sending `body` to `dest` as a message of kind `kind`.
-  void send(int dest, Kind kind, Buffer body) {
+  /// Starts sending `front` followed by `back` to `dest`, as one message of kind `kind` (the
+  /// receiver gets one body). A large `back` is sent from where it lies, never copied: so a chunk's
+  /// items or a rank's gathered results go out without another pass over their bytes. If `back`
+  /// only borrows its memory (Buffer::over), its owner must call keep() before reusing it. Returns
+  /// the send's ticket (for keep()).
+  std::uint64_t send(int dest, Kind kind, Buffer front, Buffer back = {}) {
     Pending& p = pending_.emplace_back();
-    p.body = std::move(body);
+    p.ticket = ++last_ticket_;
     // The head says how long the whole body is. A small body travels in it (one message); a large
-    // one follows in pieces sent from where it is, and received straight into place: not copied.
-    const std::uint64_t total = p.body.size();
-    const std::size_t first = p.body.size() <= kInlineBytes ? p.body.size() : 0;
+    // one has only its front there, and its back follows in pieces, received straight into place.
+    const std::uint64_t total = front.size() + back.size();
+    const bool small = total <= kInlineBytes;
+    p.head.reserve(sizeof total + front.size() + (small ? back.size() : 0));
     p.head.append(&total, sizeof total);
-    p.head.append(p.body.data(), first);
+    p.head.append(front.data(), front.size());
+    if (small) {
+      p.head.append(back.data(), back.size());
+    } else {
+      p.back = std::move(back);
+    }
     bytes_sent_ += total;
     PROCPOOL_MPI_TRACE("{} send kind {} to {} bytes {}\n", monotonic_ns() / 1000, static_cast<int>(kind), dest, total);
     MPI_Request r = MPI_REQUEST_NULL;
     check(MPI_Isend(p.head.data(), static_cast<int>(p.head.size()), MPI_BYTE, dest, static_cast<int>(kind), comm_, &r),
           "MPI_Isend");
     p.requests.push_back(r);
-    for (std::size_t at = first; at < p.body.size(); at += kPieceBytes) {
-      const std::size_t n = std::min(kPieceBytes, p.body.size() - at);
+    for (std::size_t at = 0; at < p.back.size(); at += kPieceBytes) {
+      const std::size_t n = std::min(kPieceBytes, p.back.size() - at);
       check(
-          MPI_Isend(p.body.data() + at, static_cast<int>(n), MPI_BYTE, dest, static_cast<int>(Kind::piece), comm_, &r),
+          MPI_Isend(p.back.data() + at, static_cast<int>(n), MPI_BYTE, dest, static_cast<int>(Kind::piece), comm_, &r),
           "MPI_Isend");
       p.requests.push_back(r);
+    }
+    return p.ticket;
+  }
+
+  /// `storage` is the owner of memory that the send `ticket` may still be reading (its borrowed
+  /// back): if that send is not done, it takes `storage` along, and a copy of the bytes takes its
+  /// place, so that the owner may reuse or free its buffer while MPI still reads the original.
+  void keep(std::uint64_t ticket, Buffer& storage) {
+    for (Pending& p : pending_) {
+      if (p.ticket != ticket) continue;
+      if (p.back.owns_storage() || p.back.data() != storage.data()) return;
+      Buffer copy(storage.size());
+      copy.append(storage.data(), storage.size());
+      p.back = std::exchange(storage, std::move(copy));
+      return;
     }
   }
 
@@ -122,6 +220,7 @@ class Outbox {
       check(MPI_Testall(static_cast<int>(p.requests.size()), p.requests.data(), &done, MPI_STATUSES_IGNORE),
             "MPI_Testall");
       if (done == 0) break;
+      BufferStash::instance().give(std::move(p.back));
       pending_.pop_front();
       any = true;
     }
@@ -140,12 +239,14 @@ class Outbox {
 
  private:
   struct Pending {
-    Buffer head;
-    Buffer body;
+    std::uint64_t ticket = 0;
+    Buffer head;  // the whole body's length, then its front (or all of a small body)
+    Buffer back;  // the rest of a large body, sent in pieces
     std::vector<MPI_Request> requests;
   };
   MPI_Comm comm_;
   std::deque<Pending> pending_;
+  std::uint64_t last_ticket_ = 0;
   std::uint64_t bytes_sent_ = 0;
 };
 
@@ -210,7 +311,7 @@ class Inbox {
         throw Error("procpool::mpi: a piece of a message arrived before its head (a protocol error)");
       int count = 0;
       MPI_Get_count(&status, MPI_BYTE, &count);
-      Buffer head;
+      Buffer head = BufferStash::instance().take(static_cast<std::size_t>(count));
       head.resize(static_cast<std::size_t>(count));
       check(MPI_Mrecv(head.data(), count, MPI_BYTE, &handle, MPI_STATUS_IGNORE), "MPI_Mrecv");
       std::uint64_t total = 0;
@@ -227,6 +328,7 @@ class Inbox {
         a.message.body = std::move(head);
         continue;
       }
+      a.message.body = BufferStash::instance().take(static_cast<std::size_t>(total));
       a.message.body.resize(static_cast<std::size_t>(total));
       std::memcpy(a.message.body.data(), head.data() + sizeof total, first);
       for (std::size_t at = first; at < total; at += kPieceBytes) {

@@ -22,6 +22,7 @@
 #include "../remote_exception.hpp"
 #include "../runner.hpp"
 #include "../wire.hpp"
+#include "comm.hpp"
 #include "travel.hpp"
 
 namespace procpool::detail::mpi {
@@ -79,6 +80,12 @@ class RawBatch final : public Batch {
     }
     if (at != items_.size()) throw DecodeError("procpool::mpi: trailing bytes after a chunk's items");
     set_known_total(open_.size());
+  }
+  RawBatch(const RawBatch&) = delete;
+  RawBatch& operator=(const RawBatch&) = delete;
+  ~RawBatch() override {
+    BufferStash::instance().give(std::move(message_));
+    BufferStash::instance().give(std::move(arena_));
   }
 
   std::size_t encode_next(std::size_t max_items, std::size_t max_bytes, Buffer& out) override {
@@ -141,31 +148,57 @@ class RawBatch final : public Batch {
     return fmt::format("item {}", index);
   }
 
-  /// The results payload for rank 0 (a results frame's payload, wire.hpp); once settled.
-  [[nodiscard]] Buffer results(std::size_t workers) {
-    std::sort(pieces_.begin(), pieces_.end(), [](const Piece& a, const Piece& b) { return a.first < b.first; });
+  /// The results payload for rank 0 (a results frame's payload, wire.hpp), once settled: its head
+  /// (counts, timing, failures), then the values, which leave this batch (they are sent from where
+  /// they were gathered).
+  struct Results {
+    Buffer head;
+    Buffer values;
+  };
+  [[nodiscard]] Results take_results(std::size_t workers) {
     Buffer failures;
     Encoder fe(failures);
     for (const auto& [local, why] : failures_) {
       fe.write_bytes(&local, sizeof local);
       encode(fe, why);
     }
-    std::size_t values = 0;
-    for (const Piece& p : pieces_) values += p.size;
     const auto wall = static_cast<std::uint64_t>(started_ns_ == 0 ? 0 : monotonic_ns() - started_ns_);
     // What rank 0's scheduler sizes the next chunks by: this chunk's time here over its workers,
     // scaled down by kChunkScale, since a chunk's round trip between ranks costs far more than one
     // to a local worker (see docs/scaling.md).
     const std::uint64_t compute =
         wall * std::max<std::size_t>(1, std::min<std::size_t>(workers, total())) / kChunkScale;
-    Buffer out;
-    out.reserve(sizeof(FrameHeader) + sizeof(ResultsHeader) + failures.size() + values);
+    Results out;
+    if (result_fixed_ != 0) {
+      // Each value lies at its item's place; failed items' places are closed up (values are sent
+      // for succeeded items only).
+      if (!failures_.empty()) {
+        std::size_t to = 0;
+        for (std::size_t i = 0; i < total(); ++i) {
+          if (failures_.count(local(i)) != 0) continue;
+          if (to != i)
+            std::memmove(arena_.data() + to * result_fixed_, arena_.data() + i * result_fixed_, result_fixed_);
+          ++to;
+        }
+        arena_.resize(to * result_fixed_);
+      }
+      out.values = std::move(arena_);
+    } else if (pieces_.size() <= 1) {
+      // Values came in item order, as one piece.
+      out.values = std::move(arena_);
+    } else {
+      std::sort(pieces_.begin(), pieces_.end(), [](const Piece& a, const Piece& b) { return a.first < b.first; });
+      std::size_t values = 0;
+      for (const Piece& p : pieces_) values += p.size;
+      out.values = BufferStash::instance().take(values);
+      for (const Piece& p : pieces_) out.values.append(arena_.data() + p.at, p.size);
+    }
     // The worker's builder, so that the payload is what a local worker would send; the frame
     // header it writes first is not part of the payload.
-    append_results_head(out, 0, count_, static_cast<std::uint32_t>(failures_.size()), failures.view(), compute, 0,
-                        values);
-    out.erase_front(sizeof(FrameHeader));
-    for (const Piece& p : pieces_) out.append(arena_.data() + p.at, p.size);
+    out.head.reserve(sizeof(FrameHeader) + sizeof(ResultsHeader) + failures.size());
+    append_results_head(out.head, 0, count_, static_cast<std::uint32_t>(failures_.size()), failures.view(), compute, 0,
+                        out.values.size());
+    out.head.erase_front(sizeof(FrameHeader));
     return out;
   }
 
@@ -187,9 +220,22 @@ class RawBatch final : public Batch {
     return fixed_ != 0 ? static_cast<std::uint32_t>(index) : open_[index].local;
   }
 
-  /// Keeps the values of `count` items from `first` on. Values usually come in item order (a local
-  /// chunk's, one by one or as a block): they then extend the last piece.
+  /// Keeps the values of `count` items from `first` on. Values of a fixed size go straight to
+  /// their items' places. Others usually come in item order (a local chunk's, one by one or as a
+  /// block): they then extend the last piece.
   void keep(std::size_t first, std::size_t count, std::span<const std::byte> bytes) {
+    if (result_fixed_ != 0) {
+      if (bytes.size() != count * result_fixed_ || first + count > total())
+        throw DecodeError("procpool::mpi: a local chunk's results do not fit its items");
+      if (arena_.capacity() == 0) {
+        arena_ = BufferStash::instance().take(result_fixed_ * total());
+        arena_.resize(result_fixed_ * total());
+      }
+      std::memcpy(arena_.data() + first * result_fixed_, bytes.data(), bytes.size());
+      return;
+    }
+    // Guessed to take about as much as the items did (each growth copies).
+    if (arena_.capacity() == 0) arena_ = BufferStash::instance().take(std::max(bytes.size(), items_.size()));
     if (!pieces_.empty()) {
       Piece& last = pieces_.back();
       if (last.first + last.count == first && last.at + last.size == arena_.size()) {

@@ -169,14 +169,13 @@ class Server {
         continue;
       }
       if (it->batch->caller_error()) std::rethrow_exception(it->batch->caller_error());
-      Buffer body;
-      Writer w(body);
-      w.put<std::uint64_t>(it->chunk).put<std::uint32_t>(it->slot);
-      const Buffer payload = it->batch->results(pool_->size());
-      body.append(payload.data(), payload.size());
+      RawBatch::Results results = it->batch->take_results(pool_->size());
+      Buffer front;
+      Writer(front).put<std::uint64_t>(it->chunk).put<std::uint32_t>(it->slot);
+      front.append(results.head.data(), results.head.size());
       pool_->forget(*it->batch);
       PROCPOOL_MPI_TRACE("{}: chunk {} answered {}\n", where_, it->chunk, monotonic_ns() / 1000);
-      outbox_.send(0, Kind::results, std::move(body));
+      outbox_.send(0, Kind::results, std::move(front), std::move(results.values));
       it = active_.erase(it);
       any = true;
     }
