@@ -7,13 +7,13 @@
 #include <algorithm>
 #include <condition_variable>
 #include <string>
-#include <thread>
 #include <utility>
 
 #include <fmt/core.h>
 
 #include "../error.hpp"
 #include "batch.hpp"
+#include "callback_runner.hpp"
 #include "local_transport.hpp"
 #include "pool_core.hpp"
 #include "scheduler.hpp"
@@ -22,7 +22,23 @@
 namespace procpool::detail {
 
 struct PoolCore::State {
-  explicit State(Settings s) : settings(std::move(s)), transport(settings), scheduler(settings, transport, clock) {}
+  explicit State(Settings s)
+      : settings(std::move(s)),
+        transport(settings),
+        scheduler(settings, transport, clock),
+        callbacks(CallbackRunner::Hooks{
+            .may_drive = [this] { return !driving && !scheduler.lifecycle().stopped(); },
+            .round = [this](std::unique_lock<std::mutex>& lock) { drive_round(lock, std::nullopt, /*spin=*/true); },
+            // A thread asleep in poll for a call whose callbacks ran wakes up to see it done.
+            .after_callbacks =
+                [this] {
+                  if (!scheduler.lifecycle().stopped()) transport.wake();
+                },
+            // Every change that lets the thread drive (a round ends, a call is watched) notifies.
+            .recheck = std::nullopt,
+        }),
+        mu(callbacks.mutex()),
+        cv(callbacks.cv()) {}
   State(const State&) = delete;
   State& operator=(const State&) = delete;
 
@@ -88,61 +104,6 @@ struct PoolCore::State {
     return timeout_ms;
   }
 
-  /// Runs the done callbacks of watched calls that settled, with the mutex released while each runs;
-  /// then whoever waits for them (a Future's get()) looks again.
-  void run_settled_callbacks(std::unique_lock<std::mutex>& lock) {
-    if (watched.empty()) return;
-    std::vector<std::shared_ptr<Batch>> settled;
-    std::erase_if(watched, [&](const std::shared_ptr<Batch>& b) {
-      if (!b->settled()) return false;
-      settled.push_back(b);
-      return true;
-    });
-    if (settled.empty()) return;
-    for (const auto& b : settled) b->run_done_callbacks(lock);
-    cv.notify_all();
-    // A thread asleep in poll for such a call wakes up to see it done.
-    if (!scheduler.lifecycle().stopped()) transport.wake();
-  }
-
-  /// The progress thread: drives the pool while a call with done callbacks has not settled and no
-  /// caller drives it, so that callbacks run even if the caller's threads never call the pool again.
-  void progress_loop() {
-    std::unique_lock lock(mu);
-    for (;;) {
-      run_settled_callbacks(lock);
-      if (progress_stop) return;
-      if (watched.empty() || driving || scheduler.lifecycle().stopped()) {
-        cv.wait(lock);
-        continue;
-      }
-      try {
-        drive_round(lock, std::nullopt, /*spin=*/true);
-      } catch (...) {
-        // A round failed (a system call that should not): callers see the same when they drive.
-        // Try again a little later rather than spin on the failure.
-        if (!lock.owns_lock()) lock.lock();
-        cv.wait_for(lock, std::chrono::milliseconds{10});
-      }
-    }
-  }
-
-  /// Stops the progress thread, if there is one (with the mutex held; released while joining).
-  void stop_progress_thread(std::unique_lock<std::mutex>& lock) {
-    progress_stop = true;
-    cv.notify_all();
-    if (!progress_thread.joinable()) return;
-    if (progress_thread.get_id() == std::this_thread::get_id()) {
-      // A done callback shut its own pool down: the loop ends when the callback returns, and the
-      // thread's reference to this state is the last one.
-      progress_thread.detach();
-      return;
-    }
-    lock.unlock();
-    progress_thread.join();
-    lock.lock();
-  }
-
   /// Shuts the adopted pools of fresh workers down like this one (see adopt).
   void shutdown_adopted(bool graceful) noexcept {
     std::vector<std::shared_ptr<PoolCore>> cores;
@@ -169,17 +130,14 @@ struct PoolCore::State {
   Scheduler scheduler;
   const pid_t owner_pid = ::getpid();
 
-  mutable std::mutex mu;
-  std::condition_variable cv;
+  // Done callbacks and the progress thread; it owns the mutex and the condition variable, which
+  // the progress thread may need after a done callback destroyed this state (see callback_runner.hpp).
+  CallbackRunner callbacks;
+  std::mutex& mu;
+  std::condition_variable& cv;
   bool driving = false;  // a thread is in a round (the mutex is released while it waits)
   WaitSet wait_set;      // the driver's scratch, reused across rounds
   std::vector<std::size_t> wrote;
-
-  // Calls with done callbacks waiting to run (see watch), and the thread that drives the pool for
-  // them when no caller does.
-  std::vector<std::shared_ptr<Batch>> watched;
-  std::thread progress_thread;
-  bool progress_stop = false;
 
   // Pools of fresh workers serving calls of this one (see adopt). Its own mutex, never held while
   // calling into them: their progress callbacks may call this pool.
@@ -204,7 +162,7 @@ PROCPOOL_DECL PoolCore::~PoolCore() {
   }
   // Normally stopped by shutdown(); not if it threw before it got there.
   std::unique_lock lock(s_->mu);
-  s_->stop_progress_thread(lock);
+  s_->callbacks.stop(lock);
 }
 
 PROCPOOL_DECL std::size_t PoolCore::size() const noexcept { return s_->settings.workers; }
@@ -250,7 +208,7 @@ PROCPOOL_DECL void PoolCore::wait(FunctionRef<bool()> done, std::optional<TimePo
       continue;
     }
     s_->drive_round(lock, deadline, /*spin=*/true);
-    s_->run_settled_callbacks(lock);
+    s_->callbacks.run_settled_callbacks(lock);
   }
 }
 
@@ -259,7 +217,7 @@ PROCPOOL_DECL void PoolCore::make_progress() {
   std::unique_lock lock(s_->mu);
   if (s_->driving || s_->scheduler.lifecycle().stopped()) return;
   s_->drive_round(lock, std::chrono::steady_clock::now(), /*spin=*/false);
-  s_->run_settled_callbacks(lock);
+  s_->callbacks.run_settled_callbacks(lock);
 }
 
 PROCPOOL_DECL bool PoolCore::cancel(Batch& batch) {
@@ -276,21 +234,13 @@ PROCPOOL_DECL bool PoolCore::cancel(Batch& batch) {
     }
   }
   s_->cv.notify_all();
-  s_->run_settled_callbacks(lock);
+  s_->callbacks.run_settled_callbacks(lock);
   return stopped;
 }
 
 PROCPOOL_DECL void PoolCore::watch(std::shared_ptr<Batch> batch) {
   std::unique_lock lock(s_->mu);
-  if (std::find(s_->watched.begin(), s_->watched.end(), batch) == s_->watched.end())
-    s_->watched.push_back(std::move(batch));
-  if (s_->scheduler.lifecycle().stopped()) {
-    s_->run_settled_callbacks(lock);
-    return;
-  }
-  if (!s_->progress_thread.joinable() && !s_->progress_stop)
-    s_->progress_thread = std::thread([state = s_] { state->progress_loop(); });
-  s_->cv.notify_all();
+  s_->callbacks.watch(std::move(batch), lock, s_->scheduler.lifecycle().stopped());
 }
 
 PROCPOOL_DECL void PoolCore::forget(Batch& batch) noexcept {
@@ -363,8 +313,8 @@ PROCPOOL_DECL void PoolCore::shutdown(bool graceful) {
   s.scheduler.lifecycle().finish();
   s.cv.notify_all();
   // terminate() failed what had not finished: their callbacks run now.
-  s.run_settled_callbacks(lock);
-  s.stop_progress_thread(lock);
+  s.callbacks.run_settled_callbacks(lock);
+  s.callbacks.stop(lock);
 }
 
 PROCPOOL_DECL void PoolCore::ensure_usable() const {

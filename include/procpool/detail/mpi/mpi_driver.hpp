@@ -28,6 +28,7 @@
 
 #include "../../error.hpp"
 #include "../batch.hpp"
+#include "../callback_runner.hpp"
 #include "../driver.hpp"
 #include "../function_ref.hpp"
 #include "../local_transport.hpp"
@@ -253,7 +254,23 @@ class MpiDriver final : public Driver {
         main_thread_(std::this_thread::get_id()),
         user_chunk_size_(settings_.chunk_size),
         transport_(std::move(outbox), std::move(inbox), std::move(ranks)),
-        scheduler_(settings_, transport_, clock_) {
+        scheduler_(settings_, transport_, clock_),
+        callbacks_(CallbackRunner::Hooks{
+            .may_drive = [this] { return !driving_ && !scheduler_.lifecycle().stopped(); },
+            .round =
+                [this](std::unique_lock<std::mutex>& lock) {
+                  if (round(lock))
+                    progress_backoff_.news();
+                  else
+                    idle(lock, progress_backoff_);
+                },
+            .after_callbacks = {},
+            // A caller that stops driving notifies, but one that waits polls MPI in its own rounds:
+            // look again soon.
+            .recheck = std::chrono::milliseconds{1},
+        }),
+        mu_(callbacks_.mutex()),
+        cv_(callbacks_.cv()) {
     for (std::size_t w = 0; w < scheduler_.size(); ++w) scheduler_.request_worker(w);
     transport_.progress(scheduler_);
     scheduler_.lifecycle().started();
@@ -307,7 +324,7 @@ class MpiDriver final : public Driver {
         backoff.news();
       else
         idle(lock, backoff);
-      run_settled_callbacks(lock);
+      callbacks_.run_settled_callbacks(lock);
     }
   }
   using Driver::wait_until;
@@ -317,7 +334,7 @@ class MpiDriver final : public Driver {
     std::unique_lock lock(mu_);
     if (driving_ || scheduler_.lifecycle().stopped()) return;
     round(lock);
-    run_settled_callbacks(lock);
+    callbacks_.run_settled_callbacks(lock);
   }
 
   /// The caller stopped waiting for `batch`.
@@ -332,7 +349,7 @@ class MpiDriver final : public Driver {
     std::unique_lock lock(mu_);
     const bool stopped = scheduler_.abort(batch, Abort::cancelled);
     cv_.notify_all();
-    run_settled_callbacks(lock);
+    callbacks_.run_settled_callbacks(lock);
     return stopped;
   }
 
@@ -343,13 +360,7 @@ class MpiDriver final : public Driver {
       throw Error("procpool::mpi::Pool: done callbacks need a thread that drives MPI, and this MPI library does not "
                   "provide MPI_THREAD_SERIALIZED");
     std::unique_lock lock(mu_);
-    if (std::find(watched_.begin(), watched_.end(), batch) == watched_.end()) watched_.push_back(std::move(batch));
-    if (scheduler_.lifecycle().stopped()) {
-      run_settled_callbacks(lock);
-      return;
-    }
-    if (!progress_thread_.joinable() && !progress_stop_) progress_thread_ = std::thread([this] { progress_loop(); });
-    cv_.notify_all();
+    callbacks_.watch(std::move(batch), lock, scheduler_.lifecycle().stopped());
   }
 
   [[nodiscard]] std::mutex& mutex() const override { return mu_; }
@@ -357,7 +368,7 @@ class MpiDriver final : public Driver {
   /// Finishes what runs, then stops the serving ranks (they answer, then leave).
   void shutdown() {
     std::unique_lock lock(mu_);
-    stop_progress_thread(lock);
+    callbacks_.stop(lock);
     if (scheduler_.lifecycle().stopped()) return;
     scheduler_.lifecycle().close();
     scheduler_.cut_streams("the MPI pool was shut down (procpool::mpi::run's function returned)");
@@ -366,60 +377,11 @@ class MpiDriver final : public Driver {
     scheduler_.lifecycle().stop();
     transport_.stop_ranks();
     scheduler_.lifecycle().finish();
-    run_settled_callbacks(lock);
+    callbacks_.run_settled_callbacks(lock);
     cv_.notify_all();
   }
 
  private:
-  /// Runs the done callbacks of watched calls that settled (the mutex released while each runs).
-  void run_settled_callbacks(std::unique_lock<std::mutex>& lock) {
-    if (watched_.empty()) return;
-    std::vector<std::shared_ptr<Batch>> settled;
-    std::erase_if(watched_, [&](const std::shared_ptr<Batch>& b) {
-      if (!b->settled()) return false;
-      settled.push_back(b);
-      return true;
-    });
-    for (const auto& b : settled) b->run_done_callbacks(lock);
-    if (!settled.empty()) cv_.notify_all();
-  }
-
-  /// The progress thread's loop: drives while watched calls have not settled and no caller drives.
-  void progress_loop() {
-    std::unique_lock lock(mu_);
-    Backoff backoff;
-    for (;;) {
-      run_settled_callbacks(lock);
-      if (progress_stop_) return;
-      if (watched_.empty() || driving_ || scheduler_.lifecycle().stopped()) {
-        cv_.wait_for(lock, std::chrono::milliseconds{1});
-        continue;
-      }
-      try {
-        if (round(lock))
-          backoff.news();
-        else
-          idle(lock, backoff);
-      } catch (...) {
-        // Callers see the same failure when they drive.
-        cv_.wait_for(lock, std::chrono::milliseconds{10});
-      }
-    }
-  }
-
-  void stop_progress_thread(std::unique_lock<std::mutex>& lock) {
-    progress_stop_ = true;
-    cv_.notify_all();
-    if (!progress_thread_.joinable()) return;
-    if (progress_thread_.get_id() == std::this_thread::get_id()) {
-      progress_thread_.detach();
-      return;
-    }
-    lock.unlock();
-    progress_thread_.join();
-    lock.lock();
-  }
-
   /// Dispatch, hand over what arrived, dispatch again. True if anything happened.
   bool round(std::unique_lock<std::mutex>& /*lock*/) {
     if (!threads_ && std::this_thread::get_id() != main_thread_)
@@ -500,12 +462,14 @@ class MpiDriver final : public Driver {
   MonotonicClock clock_;
   MpiTransport transport_;
   Scheduler scheduler_;
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
+  Backoff progress_backoff_;  // the progress thread's, across its rounds
+  // Done callbacks and the progress thread; it owns the mutex and the condition variable. Unlike a
+  // local pool, the last handle on this driver is never dropped by a done callback: run holds its
+  // own until shutdown() has joined the progress thread (see callback_runner.hpp for the other case).
+  CallbackRunner callbacks_;
+  std::mutex& mu_;
+  std::condition_variable& cv_;
   bool driving_ = false;
-  std::vector<std::shared_ptr<Batch>> watched_;  // calls whose done callbacks wait to run
-  std::thread progress_thread_;
-  bool progress_stop_ = false;
 };
 
 }  // namespace procpool::detail::mpi
