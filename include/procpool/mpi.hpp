@@ -77,6 +77,14 @@ struct Options {
   std::chrono::nanoseconds task_timeout{0};
   /// Runs once in each worker process of every rank before its first task.
   std::function<void()> initializer{};
+  /// If a serving rank dies, Open MPI 4 ends the whole job, and mpirun stops rank 0 with SIGTERM;
+  /// mpirun's own message names the dead rank, and mpirun exits non-zero. With this set, run also
+  /// installs a SIGTERM handler on rank 0, only where SIGTERM has its default action, that writes one
+  /// line to stderr ("procpool::mpi: rank 0 (host ...) was told to stop (SIGTERM): another rank ended
+  /// ...") and then ends the process by SIGTERM as before. It is installed once the ranks are known
+  /// (before fn runs) and the previous action is restored when run returns or throws. Off by
+  /// default: procpool does not change a process-wide signal disposition behind the program's back.
+  bool explain_sigterm = false;
 };
 
 namespace detail {
@@ -392,8 +400,9 @@ struct MpiSession {
 };
 
 /// While it lives on rank 0, SIGTERM (how mpirun ends the job when another rank died) first writes a
-/// line saying so on stderr, then ends the process as it would have. Installed only where SIGTERM
-/// has its default action; the previous action comes back with the destructor.
+/// line saying so on stderr, then ends the process as it would have. Only with
+/// Options::explain_sigterm, and only where SIGTERM has its default action; the previous action
+/// comes back with the destructor.
 class TermNotice {
  public:
   explicit TermNotice(const std::string& host) {
@@ -555,9 +564,10 @@ int run(int argc, char** argv, const Options& options, F&& fn) {
   }
   settings.workers = std::max<std::size_t>(1, slots);
   settings.chunk_size = options.chunk_size;
-  // If a serving rank dies, Open MPI 4 ends the job: mpirun sends rank 0 SIGTERM. Rank 0 then says
-  // why it stops (unless the program handles SIGTERM itself); the handler is removed when run returns.
-  detail::TermNotice notice(host);
+  // If a serving rank dies, Open MPI 4 ends the job: mpirun sends rank 0 SIGTERM. If asked to, rank 0
+  // then says why it stops (unless the program handles SIGTERM itself); removed when run returns.
+  std::optional<detail::TermNotice> notice;
+  if (options.explain_sigterm) notice.emplace(host);
   auto driver = std::make_shared<dm::MpiDriver>(std::move(out), std::move(in), std::move(ranks), std::move(settings),
                                                 session.serialized);
   std::exception_ptr error;

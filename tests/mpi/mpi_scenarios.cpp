@@ -286,6 +286,7 @@ int main(int argc, char** argv) {
   procpool::mpi::Options options;
   options.workers_per_rank = 2;
   if (scenario == "failures") options.task_timeout = 500ms;
+  if (scenario == "rank_dies_explained") options.explain_sigterm = true;
   try {
     const int rc = procpool::mpi::run(argc, argv, options, [&](procpool::mpi::Pool& pool) {
       if (scenario == "order") {
@@ -302,7 +303,7 @@ int main(int argc, char** argv) {
         imap_stays_bounded(pool);
       } else if (scenario == "singleton") {
         singleton(pool);
-      } else if (scenario == "rank_dies") {
+      } else if (scenario == "rank_dies" || scenario == "rank_dies_explained") {
         a_rank_dies(pool);
       } else {
         expect(false, "unknown scenario '" + scenario + "'");

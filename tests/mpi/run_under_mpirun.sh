@@ -2,7 +2,8 @@
 # Runs one MPI test and checks what it leaves behind.
 #   run_under_mpirun.sh EXPECT PATTERN -- COMMAND...
 # EXPECT: "pass" (COMMAND must exit 0) or "fail" (it must exit non-zero). PATTERN: extended
-# regular expressions, separated by |||, each of which a line of its output must match ("" for none). Every process the command starts carries
+# regular expressions, separated by |||, each of which a line of its output must match ("" for none);
+# one that starts with ! must match no line. Every process the command starts carries
 # PROCPOOL_MPI_TEST_MARKER in its environment (mpirun is given it with -x); after the command
 # ends, no process may still carry it (ranks, zygotes and workers alike), within 10 seconds.
 set -uo pipefail
@@ -24,7 +25,12 @@ elif [[ "$expect" == fail && $rc -eq 0 ]]; then
 fi
 if [[ -n "$pattern" ]]; then
   while IFS= read -r one; do
-    if ! grep -Eq -- "$one" "$output"; then
+    if [[ "$one" == '!'* ]]; then
+      if grep -Eq -- "${one#!}" "$output"; then
+        echo "run_under_mpirun: the output should not match, and does: ${one#!}"
+        status=1
+      fi
+    elif ! grep -Eq -- "$one" "$output"; then
       echo "run_under_mpirun: the output does not match: $one"
       status=1
     fi
