@@ -134,15 +134,22 @@ struct Launch {
 }
 
 // The compile-time checks of a call on procpool::mpi::Pool, each naming the call.
-#define PROCPOOL_MPI_CHECK_CALL(problem, F, NAME)                                                                      \
+// LAZY: what to use instead for a single-pass input.
+#define PROCPOOL_MPI_CHECK_CALL(problem, F, NAME, LAZY)                                                                \
   static_assert((problem) != ::procpool::detail::CallProblem::not_a_range,                                             \
                 "procpool::mpi::Pool::" NAME ": the inputs must be a range (a container or a view) or a braced list"); \
   static_assert((problem) != ::procpool::detail::CallProblem::single_pass,                                             \
-                "procpool::mpi::Pool::" NAME " needs a multi-pass range; use imap for a single-pass input");           \
+                "procpool::mpi::Pool::" NAME " needs a multi-pass range; use " LAZY " for a single-pass input");       \
   static_assert((problem) != ::procpool::detail::CallProblem::item_not_encodable,                                      \
                 "procpool::mpi::Pool::" NAME ": the input items must be encodable (see procpool/codec.hpp)");          \
   static_assert((problem) != ::procpool::detail::CallProblem::item_not_default_constructible,                          \
                 "procpool::mpi::Pool::" NAME ": the input items must be default-constructible");                       \
+  static_assert((problem) != ::procpool::detail::CallProblem::item_not_tuple,                                          \
+                "procpool::mpi::Pool::" NAME ": each input item must be a std::tuple, std::pair or std::array of the " \
+                "callable's arguments (map and imap pass each item as one argument)");                                 \
+  static_assert((problem) != ::procpool::detail::CallProblem::not_applicable,                                          \
+                "procpool::mpi::Pool::" NAME ": the callable cannot be called with the elements of an input item "     \
+                "(f(std::get<0>(item), std::get<1>(item), ...) with lvalues of the item's element types)");            \
   static_assert((problem) != ::procpool::detail::CallProblem::not_invocable,                                           \
                 "procpool::mpi::Pool::" NAME ": the callable cannot be called with an input item");                    \
   static_assert((problem) != ::procpool::detail::CallProblem::returns_void,                                            \
@@ -188,12 +195,12 @@ class Pool {
   template <class F, class Range>
   [[nodiscard]] auto map(F&& f, Range&& inputs, MapOptions options = {}) {
     constexpr auto problem = ::procpool::detail::call_problem<F, Range, ::procpool::detail::CallStyle::invoke, true>();
-    PROCPOOL_MPI_CHECK_CALL(problem, F, "map");
+    PROCPOOL_MPI_CHECK_CALL(problem, F, "map", "imap");
     if constexpr (problem == ::procpool::detail::CallProblem::none &&
                   ::procpool::detail::mpi::RemoteCallable<std::decay_t<F>>) {
       ::procpool::detail::mpi::refuse_addresses(f, "map");
       if (local_ != nullptr) return local_->map(std::forward<F>(f), std::forward<Range>(inputs), std::move(options));
-      auto batch = run_dense(f, inputs, std::move(options));
+      auto batch = run_dense<::procpool::detail::CallStyle::invoke>(f, inputs, std::move(options), "map");
       std::lock_guard lock(driver_->mutex());
       return batch->take_values();
     }
@@ -208,13 +215,13 @@ class Pool {
   template <class F, class Range>
   [[nodiscard]] auto try_map(F&& f, Range&& inputs, MapOptions options = {}) {
     constexpr auto problem = ::procpool::detail::call_problem<F, Range, ::procpool::detail::CallStyle::invoke, true>();
-    PROCPOOL_MPI_CHECK_CALL(problem, F, "try_map");
+    PROCPOOL_MPI_CHECK_CALL(problem, F, "try_map", "imap");
     if constexpr (problem == ::procpool::detail::CallProblem::none &&
                   ::procpool::detail::mpi::RemoteCallable<std::decay_t<F>>) {
       ::procpool::detail::mpi::refuse_addresses(f, "try_map");
       if (local_ != nullptr)
         return local_->try_map(std::forward<F>(f), std::forward<Range>(inputs), std::move(options));
-      auto batch = run_dense(f, inputs, std::move(options));
+      auto batch = run_dense<::procpool::detail::CallStyle::invoke>(f, inputs, std::move(options), "try_map");
       std::lock_guard lock(driver_->mutex());
       return batch->take_outcomes();
     }
@@ -225,13 +232,71 @@ class Pool {
     return try_map(std::forward<F>(f), std::vector<T>(inputs), std::move(options));
   }
 
+  /// Like map, but decodes the results into `out` (resized to the number of inputs), into the
+  /// elements it already holds, reusing the memory they own, as procpool::Pool::map_into does. If
+  /// items failed, throws like map; `out` then holds every other result, and value-initialised
+  /// elements where items failed. If the call fails as a whole, `out` is left empty.
+  template <class F, class Range, class Out>
+  void map_into(F&& f, Range&& inputs, std::vector<Out>& out, MapOptions options = {}) {
+    namespace d = ::procpool::detail;
+    constexpr auto problem = d::call_problem<F, Range, d::CallStyle::invoke, true>();
+    PROCPOOL_MPI_CHECK_CALL(problem, F, "map_into", "imap");
+    if constexpr (problem == d::CallProblem::none && d::mpi::RemoteCallable<std::decay_t<F>>) {
+      using In = d::range_item_t<std::remove_reference_t<Range>>;
+      static_assert(std::is_same_v<Out, d::map_result_t<std::decay_t<F>, In>>,
+                    "procpool::mpi::Pool::map_into: `out` must be a std::vector of the callable's result type");
+      d::mpi::refuse_addresses(f, "map_into");
+      if (local_ != nullptr) {
+        local_->map_into(std::forward<F>(f), std::forward<Range>(inputs), out, std::move(options));
+        return;
+      }
+      auto batch = [&] {
+        try {
+          return run_dense<d::CallStyle::invoke>(f, inputs, std::move(options), "map_into", std::move(out));
+        } catch (...) {
+          out.clear();
+          throw;
+        }
+      }();
+      std::lock_guard lock(driver_->mutex());
+      batch->take_values_into(out);
+    }
+  }
+  /// map_into over a braced list.
+  template <class F, class T, class Out>
+  void map_into(F&& f, std::initializer_list<T> inputs, std::vector<Out>& out, MapOptions options = {}) {
+    map_into(std::forward<F>(f), std::vector<T>(inputs), out, std::move(options));
+  }
+
+  /// Python's Pool.starmap, as procpool::Pool::starmap: each item is a std::tuple, std::pair or
+  /// std::array of `f`'s arguments, and `f(std::get<0>(item), std::get<1>(item), ...)` runs for it on
+  /// a worker of some rank. Results in input order; failures are thrown as by map.
+  template <class F, class Range>
+  [[nodiscard]] auto starmap(F&& f, Range&& items, MapOptions options = {}) {
+    namespace d = ::procpool::detail;
+    constexpr auto problem = d::call_problem<F, Range, d::CallStyle::apply, true>();
+    PROCPOOL_MPI_CHECK_CALL(problem, F, "starmap", "imap (with a callable taking the whole tuple)");
+    if constexpr (problem == d::CallProblem::none && d::mpi::RemoteCallable<std::decay_t<F>>) {
+      d::mpi::refuse_addresses(f, "starmap");
+      if (local_ != nullptr) return local_->starmap(std::forward<F>(f), std::forward<Range>(items), std::move(options));
+      auto batch = run_dense<d::CallStyle::apply>(f, items, std::move(options), "starmap");
+      std::lock_guard lock(driver_->mutex());
+      return batch->take_values();
+    }
+  }
+  /// starmap over a braced list: `pool.starmap(add, {std::pair{1, 2}, std::pair{3, 4}})`.
+  template <class F, class T>
+  [[nodiscard]] auto starmap(F&& f, std::initializer_list<T> items, MapOptions options = {}) {
+    return starmap(std::forward<F>(f), std::vector<T>(items), std::move(options));
+  }
+
   /// Lazily maps `f` over `inputs` on all ranks: results in input order as they arrive. Items are
   /// dispatched as results are consumed, so memory stays bounded however long (or endless) the
   /// input is. An lvalue range must outlive the iteration; an rvalue range is kept by the result.
   template <class F, class Range>
   [[nodiscard]] auto imap(F&& f, Range&& inputs, MapOptions options = {}) {
     constexpr auto problem = ::procpool::detail::call_problem<F, Range, ::procpool::detail::CallStyle::invoke, false>();
-    PROCPOOL_MPI_CHECK_CALL(problem, F, "imap");
+    PROCPOOL_MPI_CHECK_CALL(problem, F, "imap", "imap");
     if constexpr (problem == ::procpool::detail::CallProblem::none &&
                   ::procpool::detail::mpi::RemoteCallable<std::decay_t<F>>) {
       ::procpool::detail::mpi::refuse_addresses(f, "imap");
@@ -249,7 +314,7 @@ class Pool {
   template <class F, class Range>
   [[nodiscard]] auto imap_unordered(F&& f, Range&& inputs, MapOptions options = {}) {
     constexpr auto problem = ::procpool::detail::call_problem<F, Range, ::procpool::detail::CallStyle::invoke, false>();
-    PROCPOOL_MPI_CHECK_CALL(problem, F, "imap_unordered");
+    PROCPOOL_MPI_CHECK_CALL(problem, F, "imap_unordered", "imap_unordered");
     if constexpr (problem == ::procpool::detail::CallProblem::none &&
                   ::procpool::detail::mpi::RemoteCallable<std::decay_t<F>>) {
       ::procpool::detail::mpi::refuse_addresses(f, "imap_unordered");
@@ -308,18 +373,20 @@ class Pool {
                                  &d::mpi::shape<In, Out>, bytes.view());
   }
 
-  template <class F, class Range>
-  auto run_dense(F& f, Range& inputs, MapOptions options) {
+  /// Runs a map-like call on the ranks to completion. `call`: its name, for messages; `storage`: the
+  /// vector to decode the results into (map_into).
+  template <::procpool::detail::CallStyle Style, class F, class Range, class... Storage>
+  auto run_dense(F& f, Range& inputs, MapOptions options, const char* call, Storage&&... storage) {
     namespace d = ::procpool::detail;
-    check_options(options, "map");
+    check_options(options, call);
     using Fn = std::decay_t<F>;
     using In = d::range_item_t<Range>;
-    using Out = d::item_result_t<Fn, In, d::CallStyle::invoke>;
+    using Out = d::item_result_t<Fn, In, Style>;
     using Dense = d::DenseBatch<std::ranges::iterator_t<Range>, std::ranges::sentinel_t<Range>, In, Out>;
     const auto size = static_cast<std::size_t>(std::ranges::distance(inputs));
-    const std::uint64_t job = register_job<In, Out, d::CallStyle::invoke>(f);
-    auto batch =
-        std::make_shared<Dense>(std::ranges::begin(inputs), std::ranges::end(inputs), size, std::move(options));
+    const std::uint64_t job = register_job<In, Out, Style>(f);
+    auto batch = std::make_shared<Dense>(std::ranges::begin(inputs), std::ranges::end(inputs), size, std::move(options),
+                                         std::forward<Storage>(storage)...);
     driver_->add_batch(batch, job);
     const d::mpi::ScopeExit forget([&] { driver_->forget(*batch); });
     driver_->wait_until([&] { return batch->settled(); });

@@ -76,6 +76,15 @@ int throw_for(int x) {
   return x;
 }
 
+std::pair<int, long> rank_and_product(long a, long b) { return {procpool::mpi::rank(), a * b}; }
+
+long divide(long a, long b) {
+  if (b == 0) throw std::domain_error("division by zero");
+  return a / b;
+}
+
+std::string text_of(int n) { return std::string(static_cast<std::size_t>(n), 'a'); }
+
 // ---- scenarios (run on rank 0) ----
 
 // map: results come back in input order; both serving ranks ran items.
@@ -261,6 +270,53 @@ void imap_stays_bounded(procpool::mpi::Pool& pool) {
   expect(got.size() == in.size() && got.count(4999L * 4999L) == 1, "imap_unordered yields every result");
 }
 
+// starmap: results in input order from both serving ranks; a remote failure names item, rank and
+// host. map_into: the caller's vector gets the results, in the memory its elements already own.
+void starmap_and_map_into(procpool::mpi::Pool& pool) {
+  std::vector<std::pair<long, long>> pairs(4000);
+  for (std::size_t i = 0; i < pairs.size(); ++i) pairs[i] = {static_cast<long>(i), static_cast<long>(i) + 1};
+  const auto out = pool.starmap(rank_and_product, pairs);
+  std::map<int, std::size_t> per_rank;
+  bool ordered = out.size() == pairs.size();
+  for (std::size_t i = 0; ordered && i < out.size(); ++i) {
+    ordered = out[i].second == pairs[i].first * pairs[i].second;
+    ++per_rank[out[i].first];
+  }
+  expect(ordered, "starmap's results in input order");
+  expect(per_rank[1] > 0 && per_rank[2] > 0,
+         fmt::format("starmap ran items on both serving ranks (rank 1: {}, rank 2: {})", per_rank[1], per_rank[2]));
+  expect(pool.starmap(divide, {std::pair{6L, 3L}, std::pair{8L, 2L}}) == std::vector<long>{2, 4},
+         "starmap over a braced list");
+  try {
+    (void)pool.starmap(divide, std::vector<std::tuple<long, long>>{{1, 1}, {2, 0}, {3, 1}});
+    expect(false, "a starmap whose item throws on a rank throws");
+  } catch (const procpool::RemoteError& e) {
+    expect(e.type_name() == "std::domain_error" && e.item() == std::size_t{1} &&
+               contains(e.what(), "division by zero") && contains(e.what(), "procpool::mpi::Pool: ") &&
+               contains(e.what(), "(host "),
+           std::string("a remote failure in a starmap keeps its type and names item, rank and host: ") + e.what());
+  }
+
+  std::vector<std::string> texts(3, std::string(4096, 'x'));
+  std::vector<const char*> storage;
+  for (const std::string& t : texts) storage.push_back(t.data());
+  pool.map_into(text_of, std::vector<int>{100, 200, 300}, texts);
+  expect(texts.size() == 3 && texts[0] == text_of(100) && texts[1] == text_of(200) && texts[2] == text_of(300),
+         "map_into's results in input order");
+  bool reused = true;
+  for (std::size_t i = 0; i < texts.size(); ++i) reused = reused && texts[i].data() == storage[i];
+  expect(reused, "map_into decodes into the strings' own memory");
+  std::vector<int> ints(10, 7);
+  try {
+    pool.map_into(throw_for, {1, -1, 3}, ints);
+    expect(false, "map_into throws a remote failure");
+  } catch (const procpool::RemoteError& e) {
+    expect(e.item() == std::size_t{1} && contains(e.what(), "negative"),
+           std::string("map_into's failure names its item: ") + e.what());
+  }
+  expect(ints == std::vector<int>{1, 0, 3}, "map_into leaves the other results, the failed one value-initialised");
+}
+
 // Without mpirun: the function runs on a local pool.
 void singleton(procpool::mpi::Pool& pool) {
   expect(pool.ranks() == 0, "no serving rank without mpirun");
@@ -268,6 +324,11 @@ void singleton(procpool::mpi::Pool& pool) {
   expect(pool.map(square, std::vector<long>{1, 2, 3}) == std::vector<long>{1, 4, 9}, "map runs locally");
   const auto ranks = pool.map(rank_and_square, std::vector<long>{4});
   expect(ranks[0].first == 0 && ranks[0].second == 16, "workers say rank 0");
+  expect(pool.starmap(divide, {std::pair{6L, 3L}, std::pair{8L, 2L}}) == std::vector<long>{2, 4},
+         "starmap runs locally");
+  std::vector<std::string> texts;
+  pool.map_into(text_of, std::vector<int>{1, 2}, texts);
+  expect(texts == std::vector<std::string>{"a", "aa"}, "map_into runs locally");
 }
 
 // A rank dies in the middle of a map: the job ends (checked by the ctest script).
@@ -301,6 +362,8 @@ int main(int argc, char** argv) {
         futures_across_ranks(pool);
       } else if (scenario == "imap") {
         imap_stays_bounded(pool);
+      } else if (scenario == "starmap") {
+        starmap_and_map_into(pool);
       } else if (scenario == "singleton") {
         singleton(pool);
       } else if (scenario == "rank_dies" || scenario == "rank_dies_explained") {
