@@ -93,9 +93,9 @@ class PoolCore final : public Driver {
 
  private:
   struct State;
-  // Shared with the progress thread, which may outlive this object by the end of a done callback
-  // that destroyed the pool.
-  std::shared_ptr<State> s_;
+  // Owned alone: when a done callback destroys the pool, the progress thread running it keeps only
+  // the part of the state it still needs (callback_runner.hpp), not this.
+  std::unique_ptr<State> s_;
 };
 
 }  // namespace procpool::detail

@@ -145,7 +145,7 @@ struct PoolCore::State {
   std::vector<std::shared_ptr<PoolCore>> adopted;
 };
 
-PROCPOOL_DECL PoolCore::PoolCore(Settings settings) : s_(std::make_shared<State>(std::move(settings))) {
+PROCPOOL_DECL PoolCore::PoolCore(Settings settings) : s_(std::make_unique<State>(std::move(settings))) {
   s_->transport.start(s_->scheduler);
   // A worker that could not be forked fails the construction. (One whose initializer failed does
   // not: the pool is then constructed broken, and its calls say why.)
