@@ -4,12 +4,15 @@
 //   {"impl": "...", "workload": "...", "param": ..., "samples": [...], "unit": "..."}
 // Workloads: map (1e6 trivial items, seconds per map), roundtrip (submit + get, microseconds each),
 // payload (64 items of 1 MiB in and 1 MiB out, seconds per map). --smoke: tiny sizes.
+// --workers-per-rank N: Options::workers_per_rank (default 0: one per CPU of each rank's affinity
+// mask); the results are then named "procpool_mpi_wN".
 #include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <procpool/mpi.hpp>
 #include <string>
@@ -45,9 +48,22 @@ void emit(const char* impl, const char* workload, std::size_t param, const std::
 }  // namespace
 
 int main(int argc, char** argv) try {
-  const bool smoke = argc > 1 && std::strcmp(argv[1], "--smoke") == 0;
-  return procpool::mpi::run(argc, argv, [&](procpool::mpi::Pool& pool) {
-    const char* impl = pool.ranks() > 0 ? "procpool_mpi" : "procpool_local";
+  bool smoke = false;
+  procpool::mpi::Options options;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--smoke") == 0) {
+      smoke = true;
+    } else if (std::strcmp(argv[i], "--workers-per-rank") == 0 && i + 1 < argc) {
+      options.workers_per_rank = static_cast<std::size_t>(std::strtoul(argv[++i], nullptr, 10));
+    } else {
+      std::fprintf(stderr, "procpool_mpi_bench: unknown argument '%s' (use --smoke, --workers-per-rank N)\n", argv[i]);
+      return 2;
+    }
+  }
+  const std::string mpi_name =
+      options.workers_per_rank == 0 ? std::string("procpool_mpi") : fmt::format("procpool_mpi_w{}", options.workers_per_rank);
+  return procpool::mpi::run(argc, argv, options, [&](procpool::mpi::Pool& pool) {
+    const char* impl = pool.ranks() > 0 ? mpi_name.c_str() : "procpool_local";
     // map: 1e6 trivial items.
     {
       const std::size_t n = smoke ? 10'000 : 1'000'000;

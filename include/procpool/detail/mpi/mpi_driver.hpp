@@ -99,12 +99,20 @@ class MpiTransport final : public Transport {
       wr.put<std::uint64_t>(seg.first).put<std::uint32_t>(seg.count);
       wr.str(seg.count == 1 ? seg.batch->describe(seg.first) : std::string());
     }
-    wr.bytes(c.items.data(), c.items.size());
-    outbox_.send(dest, Kind::chunk, std::move(body));
-    slots_[w].sent.insert(id);
+    // The items go out from the chunk's own buffer, not copied into the message: release() hands
+    // that buffer to the send if MPI may still be reading it.
+    wr.put<std::uint64_t>(c.items.size());
+    Buffer items = Buffer::over(c.items.data(), c.items.size());
+    items.resize(c.items.size());
+    slots_[w].sent[id] = outbox_.send(dest, Kind::chunk, std::move(body), std::move(items));
   }
 
-  void release(std::size_t w, std::uint64_t id, Chunk& /*c*/) override { slots_[w].sent.erase(id); }
+  void release(std::size_t w, std::uint64_t id, Chunk& c) override {
+    const auto it = slots_[w].sent.find(id);
+    if (it == slots_[w].sent.end()) return;
+    outbox_.keep(it->second, c.items);
+    slots_[w].sent.erase(it);
+  }
 
   // A slot is a share of a rank's local pool, not a process: retiring, killing or replacing it
   // only changes what rank 0 expects from it (results of chunks it no longer holds are dropped).
@@ -145,9 +153,11 @@ class MpiTransport final : public Transport {
         slots_[rep.slot].waiting.clear();
         s.started(rep.slot);
       } else {
-        slots_[rep.slot].sent.clear();
+        // The scheduler releases each chunk the slot held (release() then looks after buffers
+        // that sends may still be reading); later results for them are dropped.
         slots_[rep.slot].waiting.clear();
         s.lost(rep.slot, rep.exitcode, {});
+        slots_[rep.slot].sent.clear();
       }
     }
     while (std::optional<Message> m = inbox_.poll()) {
@@ -188,6 +198,9 @@ class MpiTransport final : public Transport {
     outbox_.drain();
   }
 
+  /// Waits until MPI is done with every send (and so with the chunks' buffers they read).
+  void drain_sends() noexcept { outbox_.drain(); }
+
   [[nodiscard]] std::uint64_t bytes_sent() const noexcept { return outbox_.bytes_sent(); }
 
  private:
@@ -197,8 +210,8 @@ class MpiTransport final : public Transport {
     int exitcode;
   };
   struct Slot {
-    std::set<std::uint64_t> sent;             // chunks out, not yet released
-    std::map<std::uint64_t, Buffer> waiting;  // results that came before an earlier chunk's
+    std::map<std::uint64_t, std::uint64_t> sent;  // chunks out, not yet released: their sends' tickets
+    std::map<std::uint64_t, Buffer> waiting;      // results that came before an earlier chunk's
   };
 
   /// The exit code (Python's convention) in a message of messages.hpp's describe_ending: "was
@@ -222,9 +235,10 @@ class MpiTransport final : public Transport {
       if (!front) return;
       const auto it = slot.waiting.find(*front);
       if (it == slot.waiting.end()) return;
-      const Buffer body = std::move(it->second);
+      Buffer body = std::move(it->second);
       slot.waiting.erase(it);
       s.results(w, *front, body.view().subspan(head), {});
+      BufferStash::instance().give(std::move(body));
     }
   }
 
@@ -283,6 +297,8 @@ class MpiDriver final : public Driver {
     } catch (...) {
       // Nothing more can be done: MPI itself is failing.
     }
+    // Sends may still read chunks' buffers, which the scheduler frees before the transport goes.
+    transport_.drain_sends();
   }
 
   [[nodiscard]] std::size_t size() const noexcept { return scheduler_.size(); }
