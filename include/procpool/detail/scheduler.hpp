@@ -411,8 +411,9 @@ class Scheduler {
   std::vector<std::shared_ptr<Batch>> deadlines_;  // calls with a deadline, until they settle
   std::uint64_t next_chunk_id_ = 1;
   std::int64_t now_ = 0;  // the clock when the current dispatch began
-  // Encoding buffers of finished chunks kept for the next ones, at most this many and this much:
-  // large items are then encoded into memory already mapped, not into fresh pages.
+  // Encoding buffers of finished chunks kept for the next ones, at most this many (or two per
+  // worker, as many as a transport without lanes keeps in flight) and this much: large items are
+  // then encoded into memory already mapped, not into fresh pages.
   static constexpr std::size_t kSpareItemBuffers = 4;
   static constexpr std::size_t kMaxSpareBytes = std::size_t{32} << 20;
   std::vector<Buffer> spare_item_buffers_;

@@ -311,7 +311,8 @@ inline void Scheduler::finish_chunk(std::uint64_t id) {
   chunks_.erase(it);
   std::size_t spare_bytes = c.items.capacity();
   for (const Buffer& b : spare_item_buffers_) spare_bytes += b.capacity();
-  if (c.items.owns_storage() && spare_item_buffers_.size() < kSpareItemBuffers && spare_bytes <= kMaxSpareBytes) {
+  if (c.items.owns_storage() && spare_item_buffers_.size() < std::max(kSpareItemBuffers, 2 * workers_.size()) &&
+      spare_bytes <= kMaxSpareBytes) {
     c.items.clear();
     spare_item_buffers_.push_back(std::move(c.items));
   }
