@@ -64,9 +64,11 @@ namespace procpool::mpi {
 
 /// How `run` sets up the pool of every rank. Fields keep this order.
 struct Options {
-  /// Worker processes on each serving rank; 0: one per CPU of that rank's affinity mask.
+  /// Worker processes on each serving rank; 0: one per CPU of that rank's affinity mask. Ranks the
+  /// launcher left unbound on one machine (each mask holds every CPU online) share that machine's
+  /// CPUs out by local rank instead of each taking all of them (see docs/mpi.md, Binding).
   std::size_t workers_per_rank = 0;
-  /// Pin each rank's worker i to the i-th CPU of that rank's affinity mask.
+  /// Pin each rank's worker i to the i-th CPU of that rank's affinity mask (or share of it).
   bool pin_cpus = true;
   /// Items per message to a local worker; 0 sizes chunks automatically. A rank is sent chunks of
   /// this size for each of its workers.
@@ -99,6 +101,8 @@ namespace detail {
 struct Launch {
   int rank = 0;
   int size = 1;
+  int local_rank = 0;  // among the job's processes on this machine; unknown: 0 of 1
+  int local_size = 1;
 };
 
 [[nodiscard]] inline std::optional<Launch> launched() {
@@ -107,13 +111,46 @@ struct Launch {
     if (v == nullptr || *v == '\0') return std::nullopt;
     return std::atoi(v);
   };
+  std::optional<Launch> launch;
   for (const auto& [rank, size] : {std::pair{"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"},
                                    std::pair{"PMIX_RANK", "PMIX_SIZE"}, std::pair{"PMI_RANK", "PMI_SIZE"}}) {
     const auto r = number(rank);
     const auto s = number(size);
-    if (r && s) return Launch{*r, *s};
+    if (r && s) {
+      launch = Launch{*r, *s};
+      break;
+    }
   }
-  return std::nullopt;
+  if (!launch) return std::nullopt;
+  for (const auto& [rank, size] :
+       {std::pair{"OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"},
+        std::pair{"PMIX_LOCAL_RANK", "PMIX_LOCAL_SIZE"}, std::pair{"MPI_LOCALRANKID", "MPI_LOCALNRANKS"}}) {
+    const auto r = number(rank);
+    const auto s = number(size);
+    if (r && s && *s > 0 && *r >= 0 && *r < *s) {
+      launch->local_rank = *r;
+      launch->local_size = *s;
+      break;
+    }
+  }
+  return launch;
+}
+
+/// The CPUs a serving rank's pool uses, from its affinity mask `mask`, the CPUs online on its
+/// machine, and its place among the job's `local_size` processes there. A rank bound by its
+/// launcher (a mask of fewer CPUs than are online) keeps its mask. Unbound ranks would each start a
+/// worker per CPU of the machine, local_size times too many: they share the CPUs out instead,
+/// local rank k taking the k-th of local_size equal parts (at least one CPU; rank 0, when it is
+/// there, keeps its part for driving).
+[[nodiscard]] inline std::vector<int> share_of_cpus(std::vector<int> mask, long online, int local_rank,
+                                                    int local_size) {
+  if (local_size <= 1 || mask.empty() || static_cast<long>(mask.size()) < online) return mask;
+  const std::size_t n = mask.size();
+  const auto parts = static_cast<std::size_t>(local_size);
+  const auto k = static_cast<std::size_t>(local_rank);
+  if (n < parts) return {mask[k % n]};
+  return std::vector<int>(mask.begin() + static_cast<std::ptrdiff_t>(k * n / parts),
+                          mask.begin() + static_cast<std::ptrdiff_t>((k + 1) * n / parts));
 }
 
 [[nodiscard]] inline PoolOptions pool_options(const Options& o) {
@@ -545,7 +582,15 @@ int run(int argc, char** argv, const Options& options, F&& fn) {
   // A serving rank's pool (its zygote) starts before MPI does: its workers are forks of a process
   // that never saw MPI (see docs/mpi.md).
   std::shared_ptr<d::PoolCore> local;
-  if (launch->rank != 0) local = std::make_shared<d::PoolCore>(d::Settings::from(detail::pool_options(options)));
+  if (launch->rank != 0) {
+    d::Settings settings = d::Settings::from(detail::pool_options(options));
+    const std::vector<int> cpus = detail::share_of_cpus(d::allowed_cpus(), ::sysconf(_SC_NPROCESSORS_ONLN),
+                                                        launch->local_rank, launch->local_size);
+    if (options.workers_per_rank == 0) settings.workers = std::max<std::size_t>(1, cpus.size());
+    if (options.pin_cpus) settings.cpus = cpus;
+    settings.worker_spin = std::chrono::nanoseconds{0};
+    local = std::make_shared<d::PoolCore>(std::move(settings));
+  }
   detail::MpiSession session(argc, argv);
   MPI_Comm comm = session.comm;
   int me = 0;

@@ -85,6 +85,20 @@ long divide(long a, long b) {
 
 std::string text_of(int n) { return std::string(static_cast<std::size_t>(n), 'a'); }
 
+// Every 7th item (from the 4th) throws; the others' texts differ in length, some of 200 KB.
+std::string text_or_throw(int x) {
+  if (x % 7 == 3) throw std::runtime_error(fmt::format("item {} refused", x));
+  const std::size_t n = x % 97 == 0 ? 200'000 + static_cast<std::size_t>(x) : static_cast<std::size_t>(x % 50);
+  return std::string(n, static_cast<char>('a' + x % 26));
+}
+
+// Every 7th item (from the 4th) throws, and item 501 kills its worker.
+long square_or_fail(long x) {
+  if (x % 7 == 3) throw std::runtime_error(fmt::format("item {} refused", x));
+  if (x == 501) ::raise(SIGSEGV);
+  return x * x;
+}
+
 // ---- scenarios (run on rank 0) ----
 
 // map: results come back in input order; both serving ranks ran items.
@@ -157,6 +171,80 @@ void remote_failures_fail_only_their_items(procpool::mpi::Pool& pool) {
   // The pool goes on.
   const auto again = pool.map(square, std::vector<long>{5, 6});
   expect(again == std::vector<long>{25, 36}, "the pool works after the failures");
+}
+
+// Chunks of many items with failures among them: a rank answers each chunk with the values of
+// the items that succeeded, packed (fixed-size ones closed up, variable-size ones gathered from
+// its workers' pieces in item order); rank 0 must pair every value and every failure with its item.
+void failures_inside_multi_item_chunks(procpool::mpi::Pool& pool) {
+  std::vector<int> in(2000);
+  for (int i = 0; i < 2000; ++i) in[static_cast<std::size_t>(i)] = i;
+  const auto texts = pool.try_map(text_or_throw, in, {.chunk_size = 50});
+  expect(texts.size() == in.size(), "an outcome per item (variable-size results)");
+  std::size_t wrong = 0;
+  for (int i = 0; i < static_cast<int>(texts.size()); ++i) {
+    const auto& o = texts[static_cast<std::size_t>(i)];
+    if (i % 7 == 3) {
+      try {
+        if (o.has_value()) throw std::logic_error("a value");
+        std::rethrow_exception(o.error());
+      } catch (const procpool::RemoteError& e) {
+        if (!contains(e.what(), fmt::format("item {} refused", i)) || e.item() != static_cast<std::size_t>(i)) ++wrong;
+      } catch (...) {
+        ++wrong;
+      }
+    } else if (!o.has_value() || o.value() != text_or_throw(i)) {
+      ++wrong;
+    }
+  }
+  expect(wrong == 0, fmt::format("every text and every failure belongs to its item ({} wrong)", wrong));
+
+  std::vector<long> numbers(2000);
+  for (std::size_t i = 0; i < numbers.size(); ++i) numbers[i] = static_cast<long>(i);
+  const auto squares = pool.try_map(square_or_fail, numbers, {.chunk_size = 50});
+  wrong = 0;
+  std::string crash;
+  for (long i = 0; i < static_cast<long>(squares.size()); ++i) {
+    const auto& o = squares[static_cast<std::size_t>(i)];
+    if (i == 501) {
+      try {
+        if (o.has_value()) throw std::logic_error("a value");
+        std::rethrow_exception(o.error());
+      } catch (const procpool::ProcessError& e) {
+        crash = e.what();
+      } catch (...) {
+        crash = "not a ProcessError";
+      }
+    } else if (i % 7 == 3) {
+      if (o.has_value()) ++wrong;
+    } else if (!o.has_value() || o.value() != i * i) {
+      ++wrong;
+    }
+  }
+  expect(wrong == 0, fmt::format("every square and every failure belongs to its item ({} wrong)", wrong));
+  expect(contains(crash, "killed by signal 11 (SIGSEGV) while running item 501") && contains(crash, "(host "),
+         "the crash inside a chunk fails its own item only, named: " + crash);
+}
+
+// With workers_per_rank = 0, ranks that mpirun left unbound (3 ranks on this machine, none bound,
+// as when oversubscribed) split the machine's CPUs: together they run about one worker per CPU,
+// not one per CPU each. Rank 0 works out each serving rank's share as that rank did.
+void unbound_ranks_share_the_cpus(procpool::mpi::Pool& pool) {
+  const std::vector<int> mask = procpool::detail::allowed_cpus();
+  const long online = ::sysconf(_SC_NPROCESSORS_ONLN);
+  const char* local_size = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+  expect(local_size != nullptr && std::atoi(local_size) == 3, "mpirun says 3 ranks run on this machine");
+  if (static_cast<long>(mask.size()) < online) {
+    std::fprintf(stderr, "rank 0 is bound to %zu of %ld CPUs: the ranks keep their bindings\n", mask.size(), online);
+    return;
+  }
+  std::size_t expected = 0;
+  for (int k = 1; k <= 2; ++k) expected += procpool::mpi::detail::share_of_cpus(mask, online, k, 3).size();
+  expect(pool.size() == expected,
+         fmt::format("the serving ranks run {} workers on {} CPUs (expected {})", pool.size(), mask.size(), expected));
+  expect(pool.size() < 2 * mask.size() || mask.size() == 1, "fewer workers than one per CPU on each rank");
+  const auto out = pool.map(square, std::vector<long>{1, 2, 3});
+  expect(out == std::vector<long>{1, 4, 9}, "and they work");
 }
 
 // Results of 64 MiB travel (in pieces below MPI's 2 GiB count limit).
@@ -345,7 +433,7 @@ int main(int argc, char** argv) {
   const std::string scenario = argc > 1 ? argv[1] : "";
   rank_pid = ::getpid();
   procpool::mpi::Options options;
-  options.workers_per_rank = 2;
+  options.workers_per_rank = scenario == "cpu_share" ? 0 : 2;
   if (scenario == "failures") options.task_timeout = 500ms;
   if (scenario == "rank_dies_explained") options.explain_sigterm = true;
   try {
@@ -354,6 +442,10 @@ int main(int argc, char** argv) {
         results_in_order_across_ranks(pool);
       } else if (scenario == "failures") {
         remote_failures_fail_only_their_items(pool);
+      } else if (scenario == "cpu_share") {
+        unbound_ranks_share_the_cpus(pool);
+      } else if (scenario == "chunk_failures") {
+        failures_inside_multi_item_chunks(pool);
       } else if (scenario == "large") {
         large_results_travel(pool);
       } else if (scenario == "million") {

@@ -89,6 +89,10 @@ class PoolCore final : public Driver {
   /// Pids of the live workers (for tests and diagnostics).
   [[nodiscard]] PROCPOOL_DECL std::vector<pid_t> worker_pids() const;
 
+  /// What one worker's run of an item of `job` costs, as the workers measured it (smoothed over
+  /// chunks); 0 until a chunk of it has finished.
+  [[nodiscard]] PROCPOOL_DECL double job_ns_per_item(std::uint64_t job) const;
+
   [[nodiscard]] PROCPOOL_DECL std::mutex& mutex() const override;
 
  private:

@@ -329,6 +329,12 @@ PROCPOOL_DECL std::vector<pid_t> PoolCore::worker_pids() const {
   return s_->transport.pids();
 }
 
+PROCPOOL_DECL double PoolCore::job_ns_per_item(std::uint64_t job) const {
+  std::lock_guard lock(s_->mu);
+  const Job* found = s_->scheduler.jobs().find(job);
+  return found != nullptr ? found->ns_per_item : 0;
+}
+
 PROCPOOL_DECL std::mutex& PoolCore::mutex() const {
   check_not_in_callback();
   return s_->mu;

@@ -33,6 +33,12 @@ struct Settings {
   std::size_t max_tasks_per_worker = 0;
   std::chrono::nanoseconds task_timeout{0};  // 0: none
   std::function<void()> initializer;
+  // How long an idle worker watches for its next chunk before it sleeps: a busy parent's next
+  // message is usually that close. A serving MPI rank's workers do not watch (0): their chunks come
+  // a network round trip apart, and a spinning worker only takes the CPU its rank needs to pass
+  // the answer on (docs/scaling.md has the measurements).
+  static constexpr std::chrono::nanoseconds kWorkerSpin = std::chrono::microseconds{60};
+  std::chrono::nanoseconds worker_spin = kWorkerSpin;
 
   /// The settings PoolOptions ask for on this machine.
   [[nodiscard]] static Settings from(PoolOptions options) {

@@ -50,6 +50,10 @@ struct WorkerSetup {
   }
   /// Whether items are timed (the pool has a task timeout).
   [[nodiscard]] bool timed() const noexcept { return settings != nullptr && settings->timed(); }
+  /// How long to watch for the next chunk before sleeping (Settings::worker_spin).
+  [[nodiscard]] std::chrono::nanoseconds spin() const noexcept {
+    return settings != nullptr ? settings->worker_spin : Settings::kWorkerSpin;
+  }
   /// The initializer to run first, or null.
   [[nodiscard]] const std::function<void()>* initializer() const noexcept {
     return settings != nullptr && settings->initializer ? &settings->initializer : nullptr;
@@ -63,7 +67,7 @@ struct WorkerSetup {
 /// within that time.
 class SpinningReader {
  public:
-  SpinningReader(int fd, WorkerSlot& slot) : fd_(fd), slot_(slot) {}
+  SpinningReader(int fd, WorkerSlot& slot, std::chrono::nanoseconds spin) : fd_(fd), slot_(slot), spin_(spin) {}
 
   /// The next frame, from the mailbox or the socket; false at end-of-file (the parent closed the
   /// pool, or is gone). The payload view stays valid until the next call. Throws DecodeError for a
@@ -117,7 +121,7 @@ class SpinningReader {
       const std::size_t want = std::max<std::size_t>(n - buf_.size(), std::size_t{64} << 10);
       const std::atomic<std::uint32_t>* box = between_frames ? &slot_.mailbox_full : nullptr;
       if (drained_at_ && slot_.to_worker.load(std::memory_order_acquire) == *drained_at_ &&
-          !spin_until_changed(slot_.to_worker, *drained_at_, std::chrono::microseconds{60}, box)) {
+          !spin_until_changed(slot_.to_worker, *drained_at_, spin_, box)) {
         // Going to sleep: announce it, then look at the mailbox once more. The parent stores into
         // the mailbox and then reads worker_asleep (sending a wake frame if set); both orders are
         // sequentially consistent, so either it sees us asleep or we see its frame.
@@ -147,6 +151,7 @@ class SpinningReader {
 
   int fd_;
   WorkerSlot& slot_;
+  std::chrono::nanoseconds spin_;
   Buffer buf_;
   std::size_t pos_ = 0;
   std::optional<std::uint64_t> drained_at_;  // the counter's value when the socket was last found empty
@@ -203,7 +208,7 @@ inline int worker_main(int channel, const WorkerSetup& setup) {
 
   std::unique_ptr<JobRunner> runner;
   std::uint64_t runner_job = 0;
-  SpinningReader reader(channel, *setup.slot);
+  SpinningReader reader(channel, *setup.slot, setup.spin());
   std::span<const std::byte> payload;
   Buffer values;
   Buffer failures;

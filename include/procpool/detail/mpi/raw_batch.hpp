@@ -155,19 +155,28 @@ class RawBatch final : public Batch {
     Buffer head;
     Buffer values;
   };
-  [[nodiscard]] Results take_results(std::size_t workers) {
+  /// `worker_ns_per_item`: what the local workers measured one item of this job to cost (0: not
+  /// known yet).
+  [[nodiscard]] Results take_results(std::size_t workers, double worker_ns_per_item) {
     Buffer failures;
     Encoder fe(failures);
     for (const auto& [local, why] : failures_) {
       fe.write_bytes(&local, sizeof local);
       encode(fe, why);
     }
+    // What rank 0's scheduler sizes the next chunks by, scaled down by kChunkScale since a chunk's
+    // round trip between ranks costs far more than one to a local worker (see docs/scaling.md): the
+    // workers' own measure of an item's cost, else this chunk's time here over its workers. The
+    // latter counts the fixed costs of a chunk's way through this rank as if they were the items':
+    // chunks sized by it grew only a few times over per round trip, and a job of tiny items took
+    // several calls to reach its chunk size.
     const auto wall = static_cast<std::uint64_t>(started_ns_ == 0 ? 0 : monotonic_ns() - started_ns_);
-    // What rank 0's scheduler sizes the next chunks by: this chunk's time here over its workers,
-    // scaled down by kChunkScale, since a chunk's round trip between ranks costs far more than one
-    // to a local worker (see docs/scaling.md).
-    const std::uint64_t compute =
-        wall * std::max<std::size_t>(1, std::min<std::size_t>(workers, total())) / kChunkScale;
+    const double per_item = worker_ns_per_item > 0
+                                ? worker_ns_per_item
+                                : static_cast<double>(wall) *
+                                      static_cast<double>(std::max<std::size_t>(1, std::min(workers, total()))) /
+                                      static_cast<double>(std::max<std::size_t>(1, total()));
+    const auto compute = static_cast<std::uint64_t>(per_item * static_cast<double>(total()) / kChunkScale);
     Results out;
     if (result_fixed_ != 0) {
       // Each value lies at its item's place; failed items' places are closed up (values are sent

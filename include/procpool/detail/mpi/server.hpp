@@ -107,6 +107,7 @@ class Server {
   struct Active {
     std::uint64_t chunk = 0;
     std::uint32_t slot = 0;
+    std::uint64_t local_job = 0;  // the job's id in the local pool
     std::shared_ptr<RawBatch> batch;
   };
 
@@ -154,8 +155,8 @@ class Server {
     const auto items_at = static_cast<std::size_t>(items.data() - m.body.data());
     a.batch = std::make_shared<RawBatch>(std::move(m.body), items_at, items.size(), count, std::move(skip),
                                          std::move(spans), job->second.shape, where_);
-    const std::uint64_t local = pool_->register_job(job->second.runner_factory, job->second.callable.view());
-    pool_->add_batch(a.batch, local);
+    a.local_job = pool_->register_job(job->second.runner_factory, job->second.callable.view());
+    pool_->add_batch(a.batch, a.local_job);
     PROCPOOL_MPI_TRACE("{}: chunk {} of {} items added {}\n", where_, a.chunk, count, monotonic_ns() / 1000);
     active_.push_back(std::move(a));
   }
@@ -169,7 +170,7 @@ class Server {
         continue;
       }
       if (it->batch->caller_error()) std::rethrow_exception(it->batch->caller_error());
-      RawBatch::Results results = it->batch->take_results(pool_->size());
+      RawBatch::Results results = it->batch->take_results(pool_->size(), pool_->job_ns_per_item(it->local_job));
       Buffer front;
       Writer(front).put<std::uint64_t>(it->chunk).put<std::uint32_t>(it->slot);
       front.append(results.head.data(), results.head.size());
