@@ -655,7 +655,6 @@ void assign_bitwise(std::span<const std::byte> bytes, std::size_t n, Container& 
     // Fresh memory for a large value: map its pages in one go rather than fault on each.
     out.clear();
     out.reserve(n);
-    advise_huge_pages(out.data(), n * sizeof(T));
     prefault_for_write(out.data(), n * sizeof(T));
   }
   if (reinterpret_cast<std::uintptr_t>(bytes.data()) % alignof(T) == 0) {

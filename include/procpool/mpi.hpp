@@ -106,32 +106,30 @@ struct Launch {
 };
 
 [[nodiscard]] inline std::optional<Launch> launched() {
-  const auto number = [](const char* name) -> std::optional<int> {
-    const char* v = std::getenv(name);
-    if (v == nullptr || *v == '\0') return std::nullopt;
-    return std::atoi(v);
+  // The first pair of variables of `names` that are both set (and, if `in_range`, hold an index
+  // below a count): (index, count).
+  const auto pair_of = [](std::initializer_list<std::pair<const char*, const char*>> names,
+                          bool in_range) -> std::optional<std::pair<int, int>> {
+    for (const auto& [index, count] : names) {
+      const char* i = std::getenv(index);
+      const char* c = std::getenv(count);
+      if (i == nullptr || *i == '\0' || c == nullptr || *c == '\0') continue;
+      const int value = std::atoi(i);
+      const int total = std::atoi(c);
+      if (!in_range || (value >= 0 && value < total)) return std::pair{value, total};
+    }
+    return std::nullopt;
   };
-  std::optional<Launch> launch;
-  for (const auto& [rank, size] : {std::pair{"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"},
-                                   std::pair{"PMIX_RANK", "PMIX_SIZE"}, std::pair{"PMI_RANK", "PMI_SIZE"}}) {
-    const auto r = number(rank);
-    const auto s = number(size);
-    if (r && s) {
-      launch = Launch{*r, *s};
-      break;
-    }
-  }
-  if (!launch) return std::nullopt;
-  for (const auto& [rank, size] :
-       {std::pair{"OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"},
-        std::pair{"PMIX_LOCAL_RANK", "PMIX_LOCAL_SIZE"}, std::pair{"MPI_LOCALRANKID", "MPI_LOCALNRANKS"}}) {
-    const auto r = number(rank);
-    const auto s = number(size);
-    if (r && s && *s > 0 && *r >= 0 && *r < *s) {
-      launch->local_rank = *r;
-      launch->local_size = *s;
-      break;
-    }
+  const auto world = pair_of(
+      {{"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"}, {"PMIX_RANK", "PMIX_SIZE"}, {"PMI_RANK", "PMI_SIZE"}}, false);
+  if (!world) return std::nullopt;
+  Launch launch{world->first, world->second};
+  if (const auto local = pair_of({{"OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"},
+                                  {"PMIX_LOCAL_RANK", "PMIX_LOCAL_SIZE"},
+                                  {"MPI_LOCALRANKID", "MPI_LOCALNRANKS"}},
+                                 true)) {
+    launch.local_rank = local->first;
+    launch.local_size = local->second;
   }
   return launch;
 }

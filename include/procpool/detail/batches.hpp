@@ -96,10 +96,7 @@ class DenseBatch final : public Batch {
       // Fresh memory for every result: faulted in a few large pages, in one system call, instead
       // of one fault per 4 KiB page as the elements are constructed (buffer.hpp says why).
       values_.reserve(size);
-      if constexpr (!std::is_same_v<Out, bool>) {
-        advise_huge_pages(values_.data(), size * sizeof(Out));
-        prefault_for_write(values_.data(), size * sizeof(Out));
-      }
+      if constexpr (!std::is_same_v<Out, bool>) prefault_for_write(values_.data(), size * sizeof(Out));
     }
     values_.resize(size);
   }

@@ -17,26 +17,14 @@
 
 namespace procpool::detail {
 
-/// Bytes from which prefault_for_write is worth its system call.
-inline constexpr std::size_t kPrefaultBytes = std::size_t{64} << 10;
-
-/// Asks the kernel to map the pages of [p, p + n) writable now, in one system call, before they
-/// are filled. Freshly allocated memory otherwise faults on first touch, once per 4 KiB page, and
-/// under a hypervisor each fault costs microseconds: copying a megabyte into new memory is then
-/// several times slower than the copy itself. Pages already mapped cost nothing; without the
-/// call (kernels before 5.14, other systems) nothing changes but the speed.
-inline void prefault_for_write(void* p, std::size_t n) noexcept {
-#if defined(__linux__) && defined(MADV_POPULATE_WRITE)
-  if (n < kPrefaultBytes) return;
-  static const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
-  const auto first = (reinterpret_cast<std::uintptr_t>(p) + page - 1) & ~(page - 1);
-  const auto last = (reinterpret_cast<std::uintptr_t>(p) + n) & ~(page - 1);
-  if (last > first) (void)::madvise(reinterpret_cast<void*>(first), last - first, MADV_POPULATE_WRITE);
-#else
-  (void)p;
-  (void)n;
-#endif
+#if defined(__linux__)
+/// madvise(advice) over the whole `unit`-sized, `unit`-aligned blocks inside [p, p + n).
+inline void advise_whole_blocks(void* p, std::size_t n, std::uintptr_t unit, int advice) noexcept {
+  const auto first = (reinterpret_cast<std::uintptr_t>(p) + unit - 1) & ~(unit - 1);
+  const auto last = (reinterpret_cast<std::uintptr_t>(p) + n) & ~(unit - 1);
+  if (last > first) (void)::madvise(reinterpret_cast<void*>(first), last - first, advice);
 }
+#endif
 
 /// Bytes from which advise_huge_pages asks for huge pages: two of them at least.
 inline constexpr std::size_t kHugePageAdviceBytes = std::size_t{4} << 20;
@@ -48,11 +36,28 @@ inline constexpr std::size_t kHugePageAdviceBytes = std::size_t{4} << 20;
 /// a map of small items. Where THP is off, or on other systems, nothing changes but the speed.
 inline void advise_huge_pages(void* p, std::size_t n) noexcept {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-  if (n < kHugePageAdviceBytes) return;
-  constexpr std::uintptr_t huge = std::uintptr_t{2} << 20;
-  const auto first = (reinterpret_cast<std::uintptr_t>(p) + huge - 1) & ~(huge - 1);
-  const auto last = (reinterpret_cast<std::uintptr_t>(p) + n) & ~(huge - 1);
-  if (last > first) (void)::madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+  if (n >= kHugePageAdviceBytes) advise_whole_blocks(p, n, std::uintptr_t{2} << 20, MADV_HUGEPAGE);
+#else
+  (void)p;
+  (void)n;
+#endif
+}
+
+/// Bytes from which prefault_for_write is worth its system call.
+inline constexpr std::size_t kPrefaultBytes = std::size_t{64} << 10;
+
+/// Asks the kernel to map the pages of [p, p + n) writable now, in one system call, before they
+/// are filled (in huge pages where advise_huge_pages can have them). Freshly allocated memory
+/// otherwise faults on first touch, once per 4 KiB page, and under a hypervisor each fault costs
+/// microseconds: copying a megabyte into new memory is then several times slower than the copy
+/// itself. Pages already mapped cost nothing; without the call (kernels before 5.14, other
+/// systems) nothing changes but the speed.
+inline void prefault_for_write(void* p, std::size_t n) noexcept {
+#if defined(__linux__) && defined(MADV_POPULATE_WRITE)
+  if (n < kPrefaultBytes) return;
+  advise_huge_pages(p, n);
+  static const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+  advise_whole_blocks(p, n, page, MADV_POPULATE_WRITE);
 #else
   (void)p;
   (void)n;

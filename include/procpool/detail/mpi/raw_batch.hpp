@@ -171,12 +171,10 @@ class RawBatch final : public Batch {
     // chunks sized by it grew only a few times over per round trip, and a job of tiny items took
     // several calls to reach its chunk size.
     const auto wall = static_cast<std::uint64_t>(started_ns_ == 0 ? 0 : monotonic_ns() - started_ns_);
-    const double per_item = worker_ns_per_item > 0
-                                ? worker_ns_per_item
-                                : static_cast<double>(wall) *
-                                      static_cast<double>(std::max<std::size_t>(1, std::min(workers, total()))) /
-                                      static_cast<double>(std::max<std::size_t>(1, total()));
-    const auto compute = static_cast<std::uint64_t>(per_item * static_cast<double>(total()) / kChunkScale);
+    const std::uint64_t cost = worker_ns_per_item > 0
+                                   ? static_cast<std::uint64_t>(worker_ns_per_item * static_cast<double>(total()))
+                                   : wall * std::max<std::size_t>(1, std::min(workers, total()));
+    const std::uint64_t compute = cost / kChunkScale;
     Results out;
     if (result_fixed_ != 0) {
       // Each value lies at its item's place; failed items' places are closed up (values are sent
